@@ -1,0 +1,106 @@
+"""The IR: a Caffe net as an ordered list of layers over SSA blob names, with shapes.
+
+Caffe lets a layer overwrite a blob in place (BatchNorm, Scale, ReLU on the same name). The IR
+gives every write its own name so that each value exists once: the final write of a Caffe blob
+keeps the plain Caffe name (what users ask for with --outputs), earlier writes are named
+``blob#k`` with k the write index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from senet.converter import caffe_pb2 as pb
+from senet.errors import GraphError
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Layer:
+    """One Caffe layer in the IR."""
+
+    name: str
+    type: str
+    param: pb.LayerParameter
+    bottoms: list[str]
+    tops: list[str]
+    blobs: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class CaffeNet:
+    """An inference net: named inputs with shapes, layers in execution order, blob shapes."""
+
+    name: str
+    inputs: dict[str, Shape]
+    layers: list[Layer]
+    shapes: dict[str, Shape] = field(default_factory=dict)
+    # Caffe blob name -> SSA name of its final value.
+    final_names: dict[str, str] = field(default_factory=dict)
+
+    def producers(self) -> dict[str, Layer]:
+        return {top: layer for layer in self.layers for top in layer.tops}
+
+    def consumers(self) -> dict[str, list[Layer]]:
+        uses: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for b in layer.bottoms:
+                uses.setdefault(b, []).append(layer)
+        return uses
+
+    def default_outputs(self) -> list[str]:
+        """Blobs nothing consumes, in production order (Caffe's net outputs)."""
+        used = {b for layer in self.layers for b in layer.bottoms}
+        outs = [t for layer in self.layers for t in layer.tops if t not in used]
+        return outs or list(self.inputs)
+
+    def resolve_output(self, caffe_name: str) -> str:
+        """SSA name of the final value of a Caffe blob, or GraphError listing what exists."""
+        if caffe_name in self.final_names:
+            return self.final_names[caffe_name]
+        known = ", ".join(sorted(self.final_names)[:8])
+        raise GraphError(f"no blob named '{caffe_name}' in the net", hint=f"blobs include {known}")
+
+    def parameter_count(self) -> int:
+        return int(sum(b.size for layer in self.layers for b in layer.blobs))
+
+
+def assign_ssa_names(inputs: list[str], layers: list[tuple[pb.LayerParameter, list]]
+                     ) -> tuple[list[str], list[Layer], dict[str, str]]:
+    """Build IR layers with SSA names from Caffe layers given as (param, blobs) in order.
+
+    Raises GraphError for a bottom nothing produces before it is used.
+    """
+    writes: dict[str, int] = {}
+    for name in inputs:
+        writes[name] = writes.get(name, 0) + 1
+    for param, _ in layers:
+        for top in param.top:
+            writes[top] = writes.get(top, 0) + 1
+
+    seen: dict[str, int] = {}
+    current: dict[str, str] = {}
+
+    def new_version(blob: str) -> str:
+        k = seen.get(blob, 0)
+        seen[blob] = k + 1
+        ssa = blob if k == writes[blob] - 1 else f"{blob}#{k}"
+        current[blob] = ssa
+        return ssa
+
+    ssa_inputs = [new_version(name) for name in inputs]
+    out_layers = []
+    for param, blobs in layers:
+        bottoms = []
+        for i, b in enumerate(param.bottom):
+            if b not in current:
+                raise GraphError(f"bottom '{b}' (index {i}) is not produced by any earlier layer",
+                                 layer=param.name)
+            bottoms.append(current[b])
+        tops = [new_version(t) for t in param.top]
+        out_layers.append(Layer(name=param.name, type=param.type, param=param,
+                                bottoms=bottoms, tops=tops, blobs=list(blobs)))
+    return ssa_inputs, out_layers, dict(current)

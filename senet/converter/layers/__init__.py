@@ -1,0 +1,79 @@
+"""Layer converters, one module per family, registered by Caffe type string.
+
+A converter states, for its Caffe type(s): how many bottoms and tops it takes, the shapes of the
+blobs it expects, the shapes it produces, and how it is emitted. Adding a Caffe layer means adding
+one class here and nothing else. Users register converters for a fork's layers the same way::
+
+    from senet.converter import register, LayerConverter
+
+    @register("MyLayer")
+    class MyLayer(LayerConverter): ...
+"""
+
+from __future__ import annotations
+
+from senet.converter.graph import Layer, Shape
+from senet.errors import ShapeError
+
+_REGISTRY: dict[str, "LayerConverter"] = {}
+
+
+class LayerConverter:
+    """Base class: override what the layer needs; defaults describe a 1-in 1-out layer
+    without blobs that keeps its input shape."""
+
+    min_bottoms = 1
+    max_bottoms: int | None = 1
+    min_tops = 1
+    max_tops: int | None = 1
+
+    def blob_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
+        """Shapes of the learned blobs the layer needs, in Caffe's order."""
+        return []
+
+    def infer_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
+        return [in_shapes[0]] * len(layer.tops)
+
+    def to_onnx(self, layer: Layer, g) -> None:  # g: senet.converter.to_onnx.OnnxGraph
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX emitter")
+
+    def check_arity(self, layer: Layer) -> None:
+        nb, nt = len(layer.bottoms), len(layer.tops)
+        if nb < self.min_bottoms or (self.max_bottoms is not None and nb > self.max_bottoms):
+            raise ShapeError(f"{layer.type} takes {_range(self.min_bottoms, self.max_bottoms)} "
+                             f"bottom(s), got {nb}", layer=layer.name)
+        if nt < self.min_tops or (self.max_tops is not None and nt > self.max_tops):
+            raise ShapeError(f"{layer.type} gives {_range(self.min_tops, self.max_tops)} "
+                             f"top(s), got {nt}", layer=layer.name)
+
+
+def _range(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f"at least {lo}"
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
+def register(*caffe_types: str):
+    """Class decorator registering a LayerConverter for Caffe layer type strings."""
+    def decorate(cls):
+        instance = cls()
+        for t in caffe_types:
+            if t in _REGISTRY:
+                raise RuntimeError(f"Caffe layer type '{t}' is registered twice")
+            _REGISTRY[t] = instance
+        return cls
+    return decorate
+
+
+def converter_for(caffe_type: str) -> LayerConverter | None:
+    return _REGISTRY.get(caffe_type)
+
+
+def supported_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# Importing the families registers them.
+from senet.converter.layers import (  # noqa: E402,F401
+    activation, axpy, conv, dense, eltwise, norm, pool, structure,
+)

@@ -1,0 +1,92 @@
+"""Convolution (grouped, dilated, per-axis kernel/pad/stride)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from senet.converter.layers import LayerConverter, register
+from senet.converter.semantics import conv_output_size
+from senet.errors import ShapeError
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    num_output: int
+    group: int
+    kernel: tuple[int, ...]
+    pad: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    bias: bool
+
+
+def _per_axis(values, h, w, has_hw: bool, n: int, default: int, what: str, layer: str):
+    if has_hw:
+        if n != 2:
+            raise ShapeError(f"{what}_h/{what}_w need a 2-D convolution", layer=layer)
+        return (h, w)
+    values = list(values)
+    if not values:
+        return (default,) * n
+    if len(values) == 1:
+        return (values[0],) * n
+    if len(values) != n:
+        raise ShapeError(f"{len(values)} {what} values for {n} spatial axes", layer=layer)
+    return tuple(values)
+
+
+def conv_spec(layer, n_spatial: int) -> ConvSpec:
+    p = layer.param.convolution_param
+    if p.axis != 1:
+        raise ShapeError(f"convolution over axis {p.axis} is not supported (only 1)",
+                         layer=layer.name)
+    kernel = _per_axis(p.kernel_size, p.kernel_h, p.kernel_w,
+                       p.HasField("kernel_h") or p.HasField("kernel_w"), n_spatial, 0,
+                       "kernel", layer.name)
+    pad = _per_axis(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"),
+                    n_spatial, 0, "pad", layer.name)
+    stride = _per_axis(p.stride, p.stride_h, p.stride_w,
+                       p.HasField("stride_h") or p.HasField("stride_w"), n_spatial, 1,
+                       "stride", layer.name)
+    dilation = _per_axis(p.dilation, 0, 0, False, n_spatial, 1, "dilation", layer.name)
+    if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
+        raise ShapeError("kernel, stride and dilation must be positive", layer=layer.name)
+    if p.num_output <= 0 or p.group <= 0 or p.num_output % p.group:
+        raise ShapeError(f"num_output {p.num_output} is not a positive multiple of group "
+                         f"{p.group}", layer=layer.name)
+    return ConvSpec(p.num_output, p.group, kernel, pad, stride, dilation, p.bias_term)
+
+
+@register("Convolution")
+class Convolution(LayerConverter):
+    def blob_shapes(self, layer, in_shapes):
+        x = in_shapes[0]
+        spec = conv_spec(layer, len(x) - 2)
+        if x[1] % spec.group:
+            raise ShapeError(f"{x[1]} input channels do not split into {spec.group} groups",
+                             layer=layer.name)
+        shapes = [(spec.num_output, x[1] // spec.group) + spec.kernel]
+        if spec.bias:
+            shapes.append((spec.num_output,))
+        return shapes
+
+    def infer_shapes(self, layer, in_shapes):
+        x = in_shapes[0]
+        if len(x) < 3:
+            raise ShapeError(f"convolution needs N×C×spatial input, got {list(x)}",
+                             layer=layer.name)
+        spec = conv_spec(layer, len(x) - 2)
+        spatial = tuple(conv_output_size(s, k, p, st, d) for s, k, p, st, d in
+                        zip(x[2:], spec.kernel, spec.pad, spec.stride, spec.dilation))
+        if any(s <= 0 for s in spatial):
+            raise ShapeError(f"input {list(x)} is smaller than the kernel", layer=layer.name)
+        return [(x[0], spec.num_output) + spatial]
+
+    def to_onnx(self, layer, g):
+        spec = conv_spec(layer, len(g.shape(layer.bottoms[0])) - 2)
+        inputs = [layer.bottoms[0], g.const(layer.blobs[0], layer.name + "/weight")]
+        if spec.bias:
+            inputs.append(g.const(layer.blobs[1], layer.name + "/bias"))
+        g.node("Conv", inputs, layer.tops, kernel_shape=list(spec.kernel),
+               pads=list(spec.pad) * 2, strides=list(spec.stride),
+               dilations=list(spec.dilation), group=spec.group)

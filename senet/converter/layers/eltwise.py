@@ -1,0 +1,53 @@
+"""Eltwise: SUM (with per-bottom coefficients), PROD, MAX."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from senet.converter.layers import LayerConverter, register
+from senet.errors import ShapeError
+
+
+@register("Eltwise")
+class Eltwise(LayerConverter):
+    min_bottoms = 2
+    max_bottoms = None
+
+    def infer_shapes(self, layer, in_shapes):
+        first = tuple(in_shapes[0])
+        for i, s in enumerate(in_shapes[1:], 1):
+            if tuple(s) != first:
+                raise ShapeError(f"bottom[{i}] {list(s)} differs from bottom[0] {list(first)}",
+                                 layer=layer.name)
+        p = layer.param.eltwise_param
+        if p.coeff and p.operation != p.SUM:
+            raise ShapeError("Eltwise coeff is only allowed with SUM", layer=layer.name)
+        if p.coeff and len(p.coeff) != len(in_shapes):
+            raise ShapeError(f"{len(p.coeff)} coefficients for {len(in_shapes)} bottoms",
+                             layer=layer.name)
+        return [first]
+
+    def to_onnx(self, layer, g):
+        p = layer.param.eltwise_param
+        inputs = list(layer.bottoms)
+        if p.operation == p.SUM and p.coeff:
+            weighted = []
+            for i, (name, c) in enumerate(zip(inputs, p.coeff)):
+                if c == 1:
+                    weighted.append(name)
+                    continue
+                out = g.tmp(f"{layer.name}/weighted{i}")
+                g.node("Mul", [name, g.const(np.array(c, np.float32), f"{layer.name}/coeff{i}")],
+                       [out])
+                weighted.append(out)
+            inputs = weighted
+        op = {p.SUM: "Sum", p.PROD: "Mul", p.MAX: "Max"}[p.operation]
+        if op == "Mul":
+            # Mul is binary in ONNX; chain it left to right as Caffe does.
+            acc = inputs[0]
+            for i, name in enumerate(inputs[1:], 1):
+                out = layer.tops[0] if i == len(inputs) - 1 else g.tmp(f"{layer.name}/prod{i}")
+                g.node("Mul", [acc, name], [out])
+                acc = out
+            return
+        g.node(op, inputs, layer.tops)

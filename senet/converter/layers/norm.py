@@ -1,0 +1,162 @@
+"""Normalisation and affine layers: BatchNorm, Scale, Bias, LRN."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from senet.converter.layers import LayerConverter, register
+from senet.converter.semantics import (
+    batchnorm_statistics, broadcast_shape_for, canonical_axis, scale_param_shape,
+)
+from senet.errors import ShapeError
+
+
+@register("BatchNorm")
+class BatchNorm(LayerConverter):
+    """Inference BatchNorm with Caffe's stored (mean·f, var·f, f); no affine part (that is the
+    following Scale layer)."""
+
+    def blob_shapes(self, layer, in_shapes):
+        x = in_shapes[0]
+        if len(x) < 2:
+            raise ShapeError(f"BatchNorm needs N×C… input, got {list(x)}", layer=layer.name)
+        return [(x[1],), (x[1],), (1,)]
+
+    def to_onnx(self, layer, g):
+        mean, var = batchnorm_statistics(*layer.blobs[:3])
+        channels = mean.shape[0]
+        eps = float(layer.param.batch_norm_param.eps)
+        g.node("BatchNormalization",
+               [layer.bottoms[0], g.const(np.ones(channels, np.float32), layer.name + "/one"),
+                g.const(np.zeros(channels, np.float32), layer.name + "/zero"),
+                g.const(mean, layer.name + "/mean"), g.const(var, layer.name + "/var")],
+               layer.tops, epsilon=eps)
+
+
+class _Affine(LayerConverter):
+    """Shared shape logic of Scale and Bias: the operand covers input axes from `axis` on."""
+
+    max_bottoms = 2
+    onnx_op = ""
+
+    def params(self, layer):
+        raise NotImplementedError
+
+    def operand_shape(self, layer, in_shapes):
+        axis, num_axes = self.params(layer)
+        x = in_shapes[0]
+        if len(in_shapes) == 2:
+            operand = tuple(in_shapes[1])
+            a = canonical_axis(axis, len(x), layer.name) if operand else 0
+            if tuple(x[a:a + len(operand)]) != operand:
+                raise ShapeError(f"bottom[1] {list(operand)} does not match bottom[0] {list(x)} "
+                                 f"from axis {axis}", layer=layer.name)
+            return a, operand
+        shape = scale_param_shape(x, axis, num_axes, layer.name)
+        return (canonical_axis(axis, len(x), layer.name) if x else 0), shape
+
+    def infer_shapes(self, layer, in_shapes):
+        self.operand_shape(layer, in_shapes)
+        return [in_shapes[0]]
+
+    def emit(self, layer, g, x, operand_blob_or_name, out, axis, operand_shape, learned):
+        ndim = len(g.shape(x))
+        target = broadcast_shape_for(operand_shape, ndim, axis)
+        if learned:
+            operand = g.const(np.asarray(operand_blob_or_name).reshape(target),
+                              f"{layer.name}/{self.onnx_op.lower()}")
+        else:
+            operand = operand_blob_or_name
+            trailing = len(target) - len(operand_shape)
+            if trailing:
+                expanded = g.tmp(layer.name + "/operand")
+                g.node("Unsqueeze", [operand, g.ints(list(range(len(operand_shape),
+                                                                 len(target))),
+                                                       layer.name + "/axes")], [expanded])
+                operand = expanded
+        g.node(self.onnx_op, [x, operand], [out])
+
+
+@register("Scale")
+class Scale(_Affine):
+    onnx_op = "Mul"
+
+    def params(self, layer):
+        p = layer.param.scale_param
+        return p.axis, p.num_axes
+
+    def blob_shapes(self, layer, in_shapes):
+        _, shape = self.operand_shape(layer, in_shapes)
+        n = (1 if len(in_shapes) == 1 else 0) + int(layer.param.scale_param.bias_term)
+        return [shape] * n
+
+    def to_onnx(self, layer, g):
+        in_shapes = [g.shape(b) for b in layer.bottoms]
+        axis, shape = self.operand_shape(layer, in_shapes)
+        learned = len(layer.bottoms) == 1
+        operand = layer.blobs[0] if learned else layer.bottoms[1]
+        has_bias = layer.param.scale_param.bias_term
+        scaled = g.tmp(layer.name + "/scaled") if has_bias else layer.tops[0]
+        self.emit(layer, g, layer.bottoms[0], operand, scaled, axis, shape, learned)
+        if has_bias:
+            bias = layer.blobs[1 if learned else 0]
+            ndim = len(in_shapes[0])
+            target = broadcast_shape_for(shape, ndim, axis)
+            g.node("Add", [scaled, g.const(np.asarray(bias).reshape(target), layer.name + "/bias")],
+                   layer.tops)
+
+
+@register("Bias")
+class Bias(_Affine):
+    onnx_op = "Add"
+
+    def params(self, layer):
+        p = layer.param.bias_param
+        return p.axis, p.num_axes
+
+    def blob_shapes(self, layer, in_shapes):
+        _, shape = self.operand_shape(layer, in_shapes)
+        return [shape] if len(in_shapes) == 1 else []
+
+    def to_onnx(self, layer, g):
+        in_shapes = [g.shape(b) for b in layer.bottoms]
+        axis, shape = self.operand_shape(layer, in_shapes)
+        learned = len(layer.bottoms) == 1
+        operand = layer.blobs[0] if learned else layer.bottoms[1]
+        self.emit(layer, g, layer.bottoms[0], operand, layer.tops[0], axis, shape, learned)
+
+
+@register("LRN")
+class LRN(LayerConverter):
+    def infer_shapes(self, layer, in_shapes):
+        p = layer.param.lrn_param
+        if p.local_size % 2 == 0:
+            raise ShapeError("LRN local_size must be odd", layer=layer.name)
+        if len(in_shapes[0]) != 4:
+            raise ShapeError("LRN needs a 4-D input", layer=layer.name)
+        return [in_shapes[0]]
+
+    def to_onnx(self, layer, g):
+        p = layer.param.lrn_param
+        x = layer.bottoms[0]
+        if p.norm_region == p.ACROSS_CHANNELS:
+            g.node("LRN", [x], layer.tops, size=int(p.local_size), alpha=float(p.alpha),
+                   beta=float(p.beta), bias=float(p.k))
+            return
+        # WITHIN_CHANNEL, as Caffe composes it: x · (1 + alpha · avgpool(x²))^-beta, the average
+        # over a local_size² window zero-padded so every window counts local_size² cells.
+        size, pad = int(p.local_size), (int(p.local_size) - 1) // 2
+        name = layer.name
+        square = g.tmp(name + "/square")
+        g.node("Mul", [x, x], [square])
+        pooled = g.tmp(name + "/pooled")
+        g.node("AveragePool", [square], [pooled], kernel_shape=[size, size],
+               pads=[pad] * 4, strides=[1, 1], count_include_pad=1)
+        scaled = g.tmp(name + "/scaled")
+        g.node("Mul", [pooled, g.const(np.array(p.alpha, np.float32), name + "/alpha")], [scaled])
+        shifted = g.tmp(name + "/shifted")
+        g.node("Add", [scaled, g.const(np.array(1.0, np.float32), name + "/one")], [shifted])
+        powered = g.tmp(name + "/powered")
+        g.node("Pow", [shifted, g.const(np.array(-p.beta, np.float32), name + "/beta")],
+               [powered])
+        g.node("Mul", [x, powered], layer.tops)

@@ -1,0 +1,145 @@
+"""Layers that move data without arithmetic: Input, Split, Concat, Slice, Reshape, Flatten,
+Permute."""
+
+from __future__ import annotations
+
+from senet.converter.layers import LayerConverter, register
+from senet.converter.semantics import (
+    canonical_axis, flatten_output, reshape_output, slice_points,
+)
+from senet.errors import ShapeError
+
+
+@register("Input")
+class Input(LayerConverter):
+    """Graph inputs; the assembly reads their shapes, so nothing is emitted."""
+
+    min_bottoms = max_bottoms = 0
+    max_tops = None
+
+    def to_onnx(self, layer, g):
+        pass
+
+
+@register("Split")
+class Split(LayerConverter):
+    max_tops = None
+
+    def to_onnx(self, layer, g):
+        for top in layer.tops:
+            g.node("Identity", layer.bottoms, [top])
+
+
+@register("Concat")
+class Concat(LayerConverter):
+    max_bottoms = None
+
+    def axis(self, layer, ndim):
+        p = layer.param.concat_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("concat_dim") else p.concat_dim
+        return canonical_axis(axis, ndim, layer.name)
+
+    def infer_shapes(self, layer, in_shapes):
+        first = in_shapes[0]
+        axis = self.axis(layer, len(first))
+        for i, s in enumerate(in_shapes[1:], 1):
+            if len(s) != len(first) or any(a != b for k, (a, b) in enumerate(zip(s, first))
+                                           if k != axis):
+                raise ShapeError(f"bottom[{i}] {list(s)} does not fit bottom[0] {list(first)} "
+                                 f"outside axis {axis}", layer=layer.name)
+        out = list(first)
+        out[axis] = sum(s[axis] for s in in_shapes)
+        return [tuple(out)]
+
+    def to_onnx(self, layer, g):
+        axis = self.axis(layer, len(g.shape(layer.bottoms[0])))
+        g.node("Concat", layer.bottoms, layer.tops, axis=axis)
+
+
+@register("Slice")
+class Slice(LayerConverter):
+    max_tops = None
+
+    def geometry(self, layer, shape):
+        p = layer.param.slice_param
+        axis = p.axis if p.HasField("axis") or not p.HasField("slice_dim") else p.slice_dim
+        axis = canonical_axis(axis, len(shape), layer.name)
+        return axis, slice_points(shape[axis], list(p.slice_point), len(layer.tops), layer.name)
+
+    def infer_shapes(self, layer, in_shapes):
+        axis, sizes = self.geometry(layer, in_shapes[0])
+        outs = []
+        for size in sizes:
+            s = list(in_shapes[0])
+            s[axis] = size
+            outs.append(tuple(s))
+        return outs
+
+    def to_onnx(self, layer, g):
+        axis, sizes = self.geometry(layer, g.shape(layer.bottoms[0]))
+        if len(sizes) == 1:
+            g.node("Identity", layer.bottoms, layer.tops)
+            return
+        g.node("Split", [layer.bottoms[0], g.ints(sizes, layer.name + "/sizes")], layer.tops,
+               axis=axis)
+
+
+def _keeps_batch(in_shape, out_shape, copied_first: bool) -> bool:
+    return copied_first and len(out_shape) > 0 and out_shape[0] == in_shape[0]
+
+
+@register("Reshape")
+class Reshape(LayerConverter):
+    def output(self, layer, in_shape):
+        p = layer.param.reshape_param
+        return reshape_output(tuple(in_shape), list(p.shape.dim), p.axis, p.num_axes, layer.name)
+
+    def infer_shapes(self, layer, in_shapes):
+        return [self.output(layer, in_shapes[0])]
+
+    def to_onnx(self, layer, g):
+        in_shape = g.shape(layer.bottoms[0])
+        out = list(self.output(layer, in_shape))
+        p = layer.param.reshape_param
+        first_copied = p.axis != 0 or (len(p.shape.dim) > 0 and p.shape.dim[0] == 0)
+        if _keeps_batch(in_shape, out, first_copied):
+            out[0] = 0  # ONNX 0 copies the input dim: the batch stays dynamic
+        g.node("Reshape", [layer.bottoms[0], g.ints(out, layer.name + "/shape")], layer.tops)
+
+
+@register("Flatten")
+class Flatten(LayerConverter):
+    def output(self, layer, in_shape):
+        p = layer.param.flatten_param
+        return flatten_output(tuple(in_shape), p.axis, p.end_axis, layer.name)
+
+    def infer_shapes(self, layer, in_shapes):
+        return [self.output(layer, in_shapes[0])]
+
+    def to_onnx(self, layer, g):
+        in_shape = g.shape(layer.bottoms[0])
+        out = list(self.output(layer, in_shape))
+        axis = canonical_axis(layer.param.flatten_param.axis, len(in_shape), layer.name)
+        if axis > 0:
+            out[0] = 0
+        g.node("Reshape", [layer.bottoms[0], g.ints(out, layer.name + "/shape")], layer.tops)
+
+
+@register("Permute")
+class Permute(LayerConverter):
+    """SSD fork's Permute: axes reordered by permute_param.order (missing axes keep order)."""
+
+    def order(self, layer, ndim):
+        given = [int(a) for a in layer.param.permute_param.order]
+        if len(set(given)) != len(given) or any(a >= ndim for a in given):
+            raise ShapeError(f"permute order {given} is invalid for {ndim} axes",
+                             layer=layer.name)
+        return given + [a for a in range(ndim) if a not in given]
+
+    def infer_shapes(self, layer, in_shapes):
+        x = in_shapes[0]
+        return [tuple(x[a] for a in self.order(layer, len(x)))]
+
+    def to_onnx(self, layer, g):
+        order = self.order(layer, len(g.shape(layer.bottoms[0])))
+        g.node("Transpose", layer.bottoms, layer.tops, perm=order)

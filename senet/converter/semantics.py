@@ -1,0 +1,188 @@
+"""Caffe's arithmetic rules, each written once.
+
+Shape inference, both emitters and the passes call these functions; no other module restates a
+rule. Every function is pure and works on plain ints and NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from senet.errors import ShapeError
+
+Shape = tuple[int, ...]
+
+
+def canonical_axis(axis: int, ndim: int, layer: str) -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+    if not -ndim <= axis < max(ndim, 1):
+        raise ShapeError(f"axis {axis} is out of range for a {ndim}-D blob", layer=layer)
+    return axis + ndim if axis < 0 else axis
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
+    """Caffe's convolution output size: floor((size + 2p - (d(k-1)+1)) / s) + 1."""
+    extent = dilation * (kernel - 1) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+# ----------------------------------------------------------------------------- pooling
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Kernel, stride and pads of one spatial axis, and Caffe's output length."""
+
+    kernel: int
+    stride: int
+    pad: int
+    output: int
+    input_extent: int
+
+    @property
+    def pad_end(self) -> int:
+        """Padding after the input that makes a floor-mode pooling (ONNX, PyTorch) with `pad`
+        before it give Caffe's output length (ceil mode lets the last window run past the
+        input; Caffe clips it)."""
+        return max(0, (self.output - 1) * self.stride + self.kernel - self.input_extent
+                   - self.pad)
+
+
+def pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
+    """Caffe's pooling output size: rounded up (CEIL, the default) or down, then the last window
+    dropped if it would start in the padding past the input."""
+    span = size + 2 * pad - kernel
+    steps = -(-span // stride) if ceil_mode else span // stride
+    pooled = steps + 1
+    if pad > 0 and (pooled - 1) * stride >= size + pad:
+        pooled -= 1
+    return pooled
+
+
+def pool_geometry(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool) -> PoolGeometry:
+    out = pool_output_size(size, kernel, pad, stride, ceil_mode)
+    return PoolGeometry(kernel=kernel, stride=stride, pad=pad, output=out, input_extent=size)
+
+
+def ave_pool_divisors(geom_h: PoolGeometry, geom_w: PoolGeometry) -> np.ndarray:
+    """Caffe's AVE divisor for each output cell: the window clipped to the padded input
+    [-pad, size + pad), counted before clipping to the real input."""
+    def axis(g: PoolGeometry) -> np.ndarray:
+        start = np.arange(g.output) * g.stride - g.pad
+        end = np.minimum(start + g.kernel, g.input_extent + g.pad)
+        return end - start
+    return np.outer(axis(geom_h), axis(geom_w)).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Caffe stores running sums (mean·f, var·f) and f; the statistics are those divided by f,
+    with f = 0 meaning 'no statistics yet' (Caffe then uses 0, not a division by zero)."""
+    f = float(np.asarray(factor, dtype=np.float64).reshape(-1)[0]) if np.size(factor) else 1.0
+    scale = 0.0 if f == 0 else 1.0 / f
+    return (np.asarray(mean, np.float64) * scale, np.asarray(var, np.float64) * scale)
+
+
+def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) in float64 with BatchNorm(x) = a·x + b."""
+    m, v = batchnorm_statistics(mean, var, factor)
+    a = 1.0 / np.sqrt(v + np.float64(np.float32(eps)))
+    return a, -m * a
+
+
+# ----------------------------------------------------------------------------- reshape / flatten
+
+def reshape_output(in_shape: Shape, dims: list[int], axis: int, num_axes: int, layer: str
+                   ) -> Shape:
+    """Caffe's Reshape: replace axes [axis, axis+num_axes) by `dims`, where 0 copies the input
+    dim at that position and one -1 is inferred from the element count."""
+    ndim = len(in_shape)
+    start = canonical_axis(axis, ndim + 1, layer) if axis >= 0 else axis + ndim + 1
+    if not 0 <= start <= ndim:
+        raise ShapeError(f"reshape axis {axis} out of range for {list(in_shape)}", layer=layer)
+    end = ndim if num_axes == -1 else start + num_axes
+    if num_axes < -1 or end > ndim:
+        raise ShapeError(f"reshape num_axes {num_axes} out of range for {list(in_shape)}",
+                         layer=layer)
+    out = list(in_shape[:start])
+    inferred = None
+    for i, d in enumerate(dims):
+        if d == 0:
+            if start + i >= ndim:
+                raise ShapeError("reshape copies (0) an axis the input lacks", layer=layer)
+            out.append(in_shape[start + i])
+        elif d == -1:
+            if inferred is not None:
+                raise ShapeError("reshape has more than one -1", layer=layer)
+            inferred = len(out)
+            out.append(1)
+        elif d < -1:
+            raise ShapeError(f"reshape dim {d} is invalid", layer=layer)
+        else:
+            out.append(d)
+    out += list(in_shape[end:])
+    total = math.prod(in_shape)
+    if inferred is not None:
+        known = math.prod(out)
+        if known == 0 or total % known:
+            raise ShapeError(f"cannot infer -1 reshaping {list(in_shape)} to {dims}", layer=layer)
+        out[inferred] = total // known
+    if math.prod(out) != total:
+        raise ShapeError(f"reshape of {list(in_shape)} to {out} changes the element count",
+                         layer=layer)
+    return tuple(out)
+
+
+def flatten_output(in_shape: Shape, axis: int, end_axis: int, layer: str) -> Shape:
+    """Caffe's Flatten: axes [axis, end_axis] become one."""
+    ndim = len(in_shape)
+    a = canonical_axis(axis, ndim, layer)
+    e = canonical_axis(end_axis, ndim, layer)
+    if e < a:
+        raise ShapeError("flatten end_axis precedes axis", layer=layer)
+    return tuple(in_shape[:a]) + (math.prod(in_shape[a:e + 1]),) + tuple(in_shape[e + 1:])
+
+
+def inner_product_fan_in(in_shape: Shape, axis: int, layer: str) -> tuple[int, int]:
+    """(canonical axis, K): InnerProduct flattens every axis from `axis` on into K inputs."""
+    a = canonical_axis(axis, len(in_shape), layer)
+    return a, math.prod(in_shape[a:])
+
+
+def scale_param_shape(in_shape: Shape, axis: int, num_axes: int, layer: str) -> Shape:
+    """Shape of a learned Scale/Bias parameter: the input dims [axis, axis+num_axes)."""
+    ndim = len(in_shape)
+    a = canonical_axis(axis, ndim, layer) if ndim else 0
+    if num_axes == -1:
+        return tuple(in_shape[a:])
+    if num_axes < -1 or a + num_axes > ndim:
+        raise ShapeError(f"num_axes {num_axes} out of range for {list(in_shape)}", layer=layer)
+    return tuple(in_shape[a:a + num_axes])
+
+
+def broadcast_shape_for(param_shape: Shape, in_ndim: int, axis: int) -> Shape:
+    """Shape that makes a Scale/Bias operand broadcast (NumPy rules) against the input: the
+    operand's dims followed by ones for the trailing input axes."""
+    trailing = in_ndim - axis - len(param_shape)
+    return tuple(param_shape) + (1,) * trailing
+
+
+def slice_points(size: int, points: list[int], tops: int, layer: str) -> list[int]:
+    """Sizes of each Slice output along the axis (explicit points, or an equal split)."""
+    if points:
+        if len(points) != tops - 1:
+            raise ShapeError(f"{len(points)} slice points for {tops} tops", layer=layer)
+        edges = [0, *points, size]
+        sizes = [b - a for a, b in zip(edges, edges[1:])]
+        if any(s <= 0 for s in sizes):
+            raise ShapeError(f"slice points {points} do not fit an axis of {size}", layer=layer)
+        return sizes
+    if size % tops:
+        raise ShapeError(f"axis of {size} does not split evenly into {tops} tops", layer=layer)
+    return [size // tops] * tops

@@ -1,0 +1,173 @@
+"""IR → ONNX, built directly with onnx.helper (no tracing), opset pinned.
+
+The file is streamed: the graph's nodes and small tensors are serialised by protobuf, but each
+initializer's bytes go from the (often memory-mapped) weight array straight to disk, so converting
+a 440 MB model needs no second and third copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from senet.converter.graph import CaffeNet
+from senet.converter.layers import converter_for
+from senet.errors import ConversionError, GraphError
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # Split/Unsqueeze/Softmax with the signatures the emitters use
+IR_VERSION = 8  # what opset 17 needs; older runtimes load it
+
+
+class OnnxGraph:
+    """What layer emitters see: node creation, constants, fresh names and blob shapes."""
+
+    def __init__(self, net: CaffeNet):
+        self.net = net
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, np.ndarray] = {}
+        self._taken = set(net.shapes) | set(net.final_names)
+        self._layer = ""
+
+    def shape(self, blob: str) -> tuple[int, ...]:
+        return self.net.shapes[blob]
+
+    def tmp(self, hint: str) -> str:
+        return self._unique(hint)
+
+    def _unique(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self._taken:
+            name = f"{hint}_{k}"
+            k += 1
+        self._taken.add(name)
+        return name
+
+    def const(self, array, hint: str) -> str:
+        name = self._unique(hint)
+        self.initializers[name] = np.asarray(array, dtype=np.float32)
+        return name
+
+    def ints(self, values, hint: str) -> str:
+        name = self._unique(hint)
+        self.initializers[name] = np.asarray(values, dtype=np.int64)
+        return name
+
+    def node(self, op: str, inputs, outputs, **attrs) -> None:
+        self.nodes.append(helper.make_node(op, list(inputs), list(outputs),
+                                           name=self._unique(f"{self._layer}:{op}"), **attrs))
+
+
+def build_graph(net: CaffeNet, outputs: list[str] | None = None,
+                opset: int = DEFAULT_OPSET) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """ModelProto without initializer payloads, and the initializers to stream beside it."""
+    if not MIN_OPSET <= opset <= 22:
+        raise ConversionError(f"opset {opset} is not supported (use {MIN_OPSET}..22)")
+    g = OnnxGraph(net)
+    for layer in net.layers:
+        g._layer = layer.name
+        converter_for(layer.type).to_onnx(layer, g)
+    output_names = ([net.resolve_output(o) for o in outputs] if outputs
+                    else net.default_outputs())
+    graph_inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                  ["batch", *shape[1:]])
+                    for name, shape in net.inputs.items()]
+    graph_outputs, renames = [], []
+    for caffe_name, ssa in zip(outputs or output_names, output_names):
+        public = caffe_name if outputs else _public_name(net, ssa)
+        if public != ssa:
+            renames.append(helper.make_node("Identity", [ssa], [public], name=f"output:{public}"))
+        shape = net.shapes[ssa]
+        graph_outputs.append(helper.make_tensor_value_info(public, TensorProto.FLOAT,
+                                                           ["batch", *shape[1:]]))
+    if len({o.name for o in graph_outputs}) != len(graph_outputs):
+        raise GraphError("an output is requested twice")
+    graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
+                              graph_outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="senet", ir_version=IR_VERSION)
+    return model, g.initializers
+
+
+def _public_name(net: CaffeNet, ssa: str) -> str:
+    """Outputs are named after Caffe blobs: an SSA name maps back to its Caffe name."""
+    return ssa.split("#", 1)[0] if "#" in ssa else ssa
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    helper.set_model_props(model, {k: str(v) for k, v in metadata.items()})
+
+
+# ----------------------------------------------------------------------------- streaming write
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _len_field(number: int, length: int) -> bytes:
+    return _varint((number << 3) | 2) + _varint(length)
+
+
+_ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+_GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
+
+
+def _tensor_chunks(name: str, array: np.ndarray) -> tuple[bytes, memoryview]:
+    header = TensorProto(name=name, data_type=_ONNX_TYPES[array.dtype], dims=list(array.shape))
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    payload = memoryview(data).cast("B")
+    return header.SerializeToString() + _len_field(_RAW_DATA_FIELD, payload.nbytes), payload
+
+
+def write_model(path: str | os.PathLike, model: onnx.ModelProto,
+                initializers: dict[str, np.ndarray], progress=None) -> None:
+    """Write `model` with `initializers` to `path` atomically (temp file in the same folder,
+    renamed when complete; nothing is left behind on failure)."""
+    path = Path(path)
+    graph = model.graph
+    head = onnx.ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    graph_bytes = graph.SerializeToString()
+    tensors = [_tensor_chunks(name, arr) for name, arr in initializers.items()]
+    graph_len = len(graph_bytes) + sum(
+        len(_len_field(_INITIALIZER_FIELD, len(h) + p.nbytes)) + len(h) + p.nbytes
+        for h, p in tensors)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise ConversionError(f"cannot write to {folder}: {exc.strerror}", where=str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(head.SerializeToString())
+            out.write(_len_field(_GRAPH_FIELD, graph_len))
+            out.write(graph_bytes)
+            for k, (header, payload) in enumerate(tensors):
+                out.write(_len_field(_INITIALIZER_FIELD, len(header) + payload.nbytes))
+                out.write(header)
+                out.write(payload)
+                if progress:
+                    progress(k + 1, len(tensors))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ConversionError(f"cannot write: {exc.strerror}", where=str(path)) from None
+        raise
