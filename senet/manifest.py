@@ -1,0 +1,121 @@
+"""The published SENet models: names, aliases, Table 1, preprocessing, class order and an
+architecture fingerprint, loaded from weights_manifest.yaml into typed records.
+
+``python -m senet.manifest PROTOTXT...`` prints the fingerprint block for prototxts; that is how
+the manifest's fingerprints were produced (a test recomputes them from ../shared).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from senet.converter.graph import CaffeNet
+from senet.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    parameters: int
+    layers_with_blobs: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    color: str
+    mean: tuple[float, float, float]
+    scale: float
+    resize_shorter: int
+    crop: int
+    interpolation: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    aliases: tuple[str, ...]
+    file_name: str
+    file_size_mb: int
+    top1_error: float
+    top5_error: float
+    tolerance: float
+    timm_name: str | None
+    input_shape: tuple[int, int, int, int]
+    preprocessing: Preprocessing
+    class_order: str
+    fingerprint: Fingerprint
+
+
+def fingerprint(net: CaffeNet) -> Fingerprint:
+    """Parameter count, number of layers with blobs, and a digest of the ordered
+    (layer name, blob shapes) — independent of the weights' values."""
+    h = hashlib.sha256()
+    count = 0
+    for layer in net.layers:
+        if not layer.blobs:
+            continue
+        count += 1
+        shapes = ";".join("x".join(map(str, b.shape)) for b in layer.blobs)
+        h.update(f"{layer.name}|{shapes}\n".encode())
+    return Fingerprint(net.parameter_count(), count, h.hexdigest()[:16])
+
+
+@lru_cache(maxsize=1)
+def load_manifest() -> dict[str, ModelEntry]:
+    text = resources.files("senet").joinpath("weights_manifest.yaml").read_text()
+    raw = yaml.safe_load(text)
+    entries = {}
+    for name, d in raw["models"].items():
+        pre = d["preprocessing"]
+        fp = d["fingerprint"]
+        entries[name] = ModelEntry(
+            name=name, aliases=tuple(d.get("aliases", [])), file_name=d["file_name"],
+            file_size_mb=int(d["file_size_mb"]), top1_error=float(d["top1_error"]),
+            top5_error=float(d["top5_error"]), tolerance=float(d["tolerance"]),
+            timm_name=d.get("timm_name"), input_shape=tuple(d["input_shape"]),
+            preprocessing=Preprocessing(color=pre["color"], mean=tuple(pre["mean"]),
+                                        scale=float(pre["scale"]),
+                                        resize_shorter=int(pre["resize_shorter"]),
+                                        crop=int(pre["crop"]),
+                                        interpolation=pre["interpolation"]),
+            class_order=d["class_order"],
+            fingerprint=Fingerprint(int(fp["parameters"]), int(fp["layers_with_blobs"]),
+                                    str(fp["digest"])))
+    return entries
+
+
+def lookup(name: str) -> ModelEntry:
+    """A model by canonical name or alias (case-insensitive); UsageError lists the known ones."""
+    key = name.lower()
+    for entry in load_manifest().values():
+        if key == entry.name or key in (a.lower() for a in entry.aliases):
+            return entry
+    raise UsageError(f"unknown model '{name}'",
+                     hint="known: " + ", ".join(load_manifest()))
+
+
+def recognise(net: CaffeNet) -> ModelEntry | None:
+    """The published model whose architecture fingerprint the net matches, if any."""
+    fp = fingerprint(net)
+    for entry in load_manifest().values():
+        if entry.fingerprint == fp:
+            return entry
+    return None
+
+
+def _main(paths: list[str]) -> None:
+    from senet.converter.load import load_net
+    for path in paths:
+        fp = fingerprint(load_net(prototxt=path, weights_optional=True))
+        print(f"# {path}\nfingerprint:\n  parameters: {fp.parameters}\n"
+              f"  layers_with_blobs: {fp.layers_with_blobs}\n  digest: \"{fp.digest}\"")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
