@@ -1,0 +1,44 @@
+"""weights_manifest.yaml against the real deploy prototxts in ../shared."""
+
+from __future__ import annotations
+
+import pytest
+
+from senet.converter.load import load_net
+from senet.errors import UsageError
+from senet.manifest import fingerprint, load_manifest, lookup, recognise
+from tests.conftest import require_shared
+
+PROTOTXTS = {
+    "se_bn_inception": "SE-BN-Inception", "se_resnet50": "SE-ResNet-50",
+    "se_resnet101": "SE-ResNet-101", "se_resnet152": "SE-ResNet-152",
+    "se_resnext50_32x4d": "SE-ResNeXt-50", "se_resnext101_32x4d": "SE-ResNeXt-101",
+    "senet154": "SENet-154",
+}
+# Published file sizes in MB (ANCHORS.md): stored floats x 4 bytes.
+PUBLISHED_MB = {"se_bn_inception": 46, "se_resnet50": 107, "se_resnet101": 189,
+                "se_resnet152": 256, "se_resnext50_32x4d": 105, "se_resnext101_32x4d": 187,
+                "senet154": 440}
+
+
+def test_manifest_lists_the_seven_models():
+    assert sorted(load_manifest()) == sorted(PROTOTXTS)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOTXTS))
+def test_fingerprint_matches_prototxt(name):
+    path = require_shared("senet_prototxt", PROTOTXTS[name] + ".prototxt")
+    net = load_net(prototxt=str(path), weights_optional=True)
+    entry = load_manifest()[name]
+    assert fingerprint(net) == entry.fingerprint
+    assert recognise(net) == entry
+    # 4 bytes per stored float is the published file size, to within a MB
+    assert abs(PUBLISHED_MB[name] - entry.fingerprint.parameters * 4 / 2**20) < 1
+    assert entry.file_size_mb == PUBLISHED_MB[name]
+
+
+def test_lookup_by_alias_and_unknown_name():
+    assert lookup("SE-ResNet-50").name == "se_resnet50"
+    assert lookup("legacy_senet154").name == "senet154"
+    with pytest.raises(UsageError, match="known: se_bn_inception"):
+        lookup("resnet50")
