@@ -52,19 +52,22 @@ class PoolGeometry:
                    - self.pad)
 
 
-def pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True) -> int:
+def pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True,
+                     any_pad: bool | None = None) -> int:
     """Caffe's pooling output size: rounded up (CEIL, the default) or down, then the last window
-    dropped if it would start in the padding past the input."""
+    dropped if it would start in the padding past the input. Caffe makes that check on both
+    axes as soon as either axis is padded (`any_pad`; default: this axis's pad)."""
     span = size + 2 * pad - kernel
     steps = -(-span // stride) if ceil_mode else span // stride
     pooled = steps + 1
-    if pad > 0 and (pooled - 1) * stride >= size + pad:
+    if (pad > 0 if any_pad is None else any_pad) and (pooled - 1) * stride >= size + pad:
         pooled -= 1
     return pooled
 
 
-def pool_geometry(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool) -> PoolGeometry:
-    out = pool_output_size(size, kernel, pad, stride, ceil_mode)
+def pool_geometry(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool,
+                  any_pad: bool | None = None) -> PoolGeometry:
+    out = pool_output_size(size, kernel, pad, stride, ceil_mode, any_pad)
     return PoolGeometry(kernel=kernel, stride=stride, pad=pad, output=out, input_extent=size)
 
 

@@ -128,3 +128,12 @@ layer { name: "w" type: "LRN" bottom: "x" top: "w" lrn_param { local_size: 3 alp
 def test_layer_matches_reference(tmp_path, case):
     input_shapes, body, outputs = CASES[case]
     run_case(tmp_path, input_shapes, body, outputs)
+
+
+def test_pool_last_window_check_applies_to_both_axes_when_one_is_padded(tmp_path):
+    # Caffe drops a last window starting past the input on every axis once any axis has
+    # padding: H=5, k=1, s=3 with only pad_w gives 2 rows, not ceil((5-1)/3)+1 = 3.
+    ours = run_case(tmp_path, {"x": (1, 2, 5, 6)}, '''
+layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: MAX kernel_h: 1
+  kernel_w: 3 stride_h: 3 stride_w: 2 pad_h: 0 pad_w: 1 } }''', ["p"])
+    assert ours["p"].shape[2] == 2

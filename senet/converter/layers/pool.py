@@ -32,7 +32,9 @@ def pool_geometries(layer, in_shape) -> tuple[PoolGeometry, PoolGeometry]:
     if ph >= kh or pw >= kw:
         raise ShapeError("pooling pad must be smaller than the kernel", layer=layer.name)
     ceil_mode = p.round_mode == p.CEIL
-    geoms = (pool_geometry(height, kh, ph, sh, ceil_mode), pool_geometry(width, kw, pw, sw, ceil_mode))
+    any_pad = bool(ph or pw)
+    geoms = (pool_geometry(height, kh, ph, sh, ceil_mode, any_pad),
+             pool_geometry(width, kw, pw, sw, ceil_mode, any_pad))
     if geoms[0].output <= 0 or geoms[1].output <= 0:
         raise ShapeError(f"input {list(in_shape)} is smaller than the pooling kernel",
                          layer=layer.name)
