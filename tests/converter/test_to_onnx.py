@@ -81,3 +81,29 @@ def test_cli_metadata(tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["source_sha256"] == hashlib.sha256(make.CAFFEMODEL.read_bytes()).hexdigest()
     assert meta["recognised_model"] == "none"
+
+
+def test_recognised_model_in_metadata_and_inspect(tmp_path):
+    from senet.converter import caffe_io
+    from tests.conftest import require_shared
+
+    prototxt = require_shared("senet_prototxt", "SE-BN-Inception.prototxt")
+    structure = caffe_io.read_prototxt(prototxt)
+    shapes = load_net(prototxt=str(prototxt), weights_optional=True)
+    weights = {layer.name: [np.zeros(b.shape, np.float32) for b in layer.blobs]
+               for layer in shapes.layers if layer.blobs}
+    net = structure.net
+    net.layer.extend(raw.param for raw in structure.layers)
+    caffemodel = tmp_path / "SE-BN-Inception.caffemodel"
+    caffe_io.write_caffemodel(caffemodel, net, weights)
+    out = tmp_path / "m.onnx"
+    runner = CliRunner()
+    result = runner.invoke(convert_main, [str(caffemodel), "--to", "onnx", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    assert meta["recognised_model"] == "se_bn_inception"
+    assert meta["channel_order"] == "BGR" and meta["mean"] == "104.0,117.0,123.0"
+    assert meta["input_size"] == "224x224" and "devkit" in meta["class_order"]
+    inspect = runner.invoke(convert_main, [str(caffemodel), "--inspect"])
+    assert "recognised model: se_bn_inception" in inspect.output
+    assert "parameters: 11,951,723" in inspect.output
