@@ -7,7 +7,9 @@ stderr (``senet-convert: error: ...``); --debug shows the traceback instead.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -18,8 +20,25 @@ from senet.errors import SenetError, UsageError
 def _fail(prog: str, error: SenetError, debug: bool):
     if debug:
         raise error
-    click.echo(f"{prog}: error: {error}", err=True)
+    click.echo(f"{prog}: error: {_one_line(str(error))}", err=True)
     sys.exit(error.exit_code)
+
+
+def _one_line(text: str) -> str:
+    # Layer names and parser messages can hold newlines; the contract is one line.
+    return " ".join(text.split("\n"))
+
+
+class _OneLineUsageErrors(click.Command):
+    """click's own usage errors (bad option value, missing MODEL) as one line, exit status 2,
+    like senet's, instead of click's three-line usage banner."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            click.echo(f"senet-convert: error: {_one_line(error.format_message())}", err=True)
+            sys.exit(2)
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -35,14 +54,43 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
+    """SHA-256 of a file: one hashlib call over a read-only memory map (no copy through a read
+    buffer, and the GIL is released once for the whole file)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return hashlib.sha256(mapped).hexdigest()
+        except (OSError, ValueError):  # empty file, pipe, or a file system without mmap
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+            return h.hexdigest()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _BackgroundSha256:
+    """SHA-256 of a file computed on another core while the model is read and converted
+    (hashlib releases the GIL): hashing a 440 MB model takes about as long as converting it,
+    and the digest is needed only when the ONNX header is written."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._digest: str | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._digest = _sha256(self._path)
+        except Exception:  # unreadable: result() retries in the caller, which reports it
+            pass
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._digest if self._digest is not None else _sha256(self._path)
+
+
+@click.command(cls=_OneLineUsageErrors,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--prototxt", type=click.Path(dir_okay=False),
               help="Deploy or TEST prototxt; without it the net stored in MODEL is used.")
@@ -68,6 +116,12 @@ def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
                  allow_unknown_fields, inspect, quiet)
     except SenetError as error:
         _fail("senet-convert", error, debug)
+    except Exception as error:  # a bug in senet, not the user's input: still no traceback
+        if debug:
+            raise
+        click.echo(f"senet-convert: error: internal error ({type(error).__name__}: "
+                   f"{_one_line(str(error))}); rerun with --debug and report it", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("senet-convert: interrupted", err=True)
         sys.exit(130)
@@ -75,11 +129,12 @@ def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
 
 def _convert(model, prototxt, target, output, opset, outputs, input_shape,
              allow_unknown_fields, inspect, quiet):
+    if not inspect and target is None:
+        raise UsageError("say what to do: --to onnx, or --inspect")
+    source_sha256 = None if inspect else _BackgroundSha256(model)  # before the slow imports
     from senet.converter.load import load_net
     from senet.progress import Progress
 
-    if not inspect and target is None:
-        raise UsageError("say what to do: --to onnx, or --inspect")
     progress = Progress(quiet=quiet or inspect)
     progress.step(f"reading {model}" + (f" with {prototxt}" if prototxt else ""))
     net = load_net(model, prototxt, _parse_shape(input_shape), allow_unknown_fields,
@@ -94,15 +149,15 @@ def _convert(model, prototxt, target, output, opset, outputs, input_shape,
     requested = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
     progress.step(f"building ONNX graph ({len(net.layers)} layers)")
     onnx_model, initializers = build_graph(net, requested, opset or DEFAULT_OPSET)
-    set_metadata(onnx_model, _metadata(model, prototxt, recognised, net))
+    set_metadata(onnx_model, _metadata(model, prototxt, recognised, source_sha256.result()))
     destination = Path(output) if output else Path(Path(model).stem + ".onnx")
     progress.step(f"writing {destination}")
     write_model(destination, onnx_model, initializers, progress.bar("weights"))
     progress.step("done")
 
 
-def _metadata(model, prototxt, recognised, net) -> dict[str, str]:
-    meta = {"source_file": Path(model).name, "source_sha256": _sha256(model),
+def _metadata(model, prototxt, recognised, source_sha256: str) -> dict[str, str]:
+    meta = {"source_file": Path(model).name, "source_sha256": source_sha256,
             "converter": "senet"}
     if prototxt:
         meta["prototxt_sha256"] = _sha256(prototxt)

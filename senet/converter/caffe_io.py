@@ -259,6 +259,7 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
         net = pb.NetParameter.FromString(bytes(net_rest))
     except DecodeError as exc:
         raise CaffeFormatError(f"not a Caffe net ({exc})", where=path) from None
+    _check_text(net, path)
     if not layers:
         raise CaffeFormatError("no layers found", where=path,
                                hint="not a .caffemodel (a protobuf that is not a Caffe net?)")
@@ -275,6 +276,7 @@ def _read_layer(buf, start, end, path, index) -> RawLayer:
         param = pb.LayerParameter.FromString(kept)
     except DecodeError as exc:
         raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
+    _check_text(param, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
 
 
@@ -285,6 +287,7 @@ def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
         v1 = pb.V1LayerParameter.FromString(kept)
     except DecodeError as exc:
         raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
+    _check_text(v1, where)
     if nested is not None and v1.HasField("layer"):
         formats.add("V0")
         _, v0_spans, _ = _split_message(buf, nested[0], nested[1], _V0_BLOBS, where)
@@ -294,6 +297,24 @@ def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
     from senet.converter.upgrade import upgrade_v1_layer
     param = upgrade_v1_layer(v1, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
+
+
+def _check_text(message, where: str) -> None:
+    """Reject string fields that are not UTF-8: protobuf parses them (as bytes) and the error
+    would surface later, far from the file, as a UnicodeDecodeError or TypeError."""
+    for fd, value in message.ListFields():
+        if fd.type not in (fd.TYPE_STRING, fd.TYPE_MESSAGE):
+            continue
+        # is_repeated is protobuf >= 6; label is the older (now removed) spelling
+        repeated = (fd.is_repeated if hasattr(fd, "is_repeated")
+                    else fd.label == fd.LABEL_REPEATED)
+        for item in (value if repeated else (value,)):
+            if fd.type == fd.TYPE_MESSAGE:
+                _check_text(item, where)
+            elif not isinstance(item, str):
+                raise CaffeFormatError(
+                    f"field '{fd.name}' of {message.DESCRIPTOR.name} is not UTF-8 text",
+                    where=where, hint="the file is corrupt")
 
 
 def _with_blobs(param, buf, spans, where) -> RawLayer:
@@ -329,8 +350,8 @@ def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
             raise CaffeFormatError(_describe_parse_error(exc), where=path,
                                    hint=_unknown_field_hint(exc)) from None
         if warn:
-            warn(f"{path}: {_describe_parse_error(exc)}; unknown fields are ignored "
-                 "(--allow-unknown-fields)")
+            message = _describe_parse_error(exc).rstrip(".")
+            warn(f"{path}: {message}; unknown fields are ignored (--allow-unknown-fields)")
         net = pb.NetParameter()
         try:
             text_format.Parse(text, net, allow_unknown_field=True)
