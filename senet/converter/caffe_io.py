@@ -242,6 +242,7 @@ def read_caffemodel(path: str | os.PathLike) -> CaffeFile:
 
 def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     """Parse caffemodel bytes (bytes, bytearray or mmap); blobs may be views of `buf`."""
+    _reject_other_formats(buf[:64], path)
     net_rest = bytearray()
     layers: list[RawLayer] = []
     formats = set()
@@ -267,6 +268,19 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
         raise CaffeFormatError("file mixes V2 `layer` and V1 `layers` entries", where=path)
     fmt = "V0" if "V0" in formats else ("V1" if "V1" in formats else "V2")
     return CaffeFile(net=net, layers=layers, path=path, format=fmt)
+
+
+def _reject_other_formats(head: bytes, path: str) -> None:
+    """Name the format of files that are clearly not a binary Caffe net."""
+    head = bytes(head)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        raise CaffeFormatError("an HDF5 snapshot (snapshot_format: HDF5), not a binary "
+                               ".caffemodel", where=path,
+                               hint="senet reads the protobuf format Caffe writes by default")
+    text = head.lstrip()
+    if text[:5] in (b"name:", b"layer", b"input") or text.startswith(b"#"):
+        raise CaffeFormatError("a text prototxt, not a binary .caffemodel", where=path,
+                               hint="pass it with --prototxt")
 
 
 def _read_layer(buf, start, end, path, index) -> RawLayer:
@@ -342,22 +356,69 @@ def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
                                hint="a binary .caffemodel given as --prototxt?") from None
     except OSError as exc:
         raise CaffeFormatError(f"cannot read: {exc.strerror}", where=path) from None
-    net = pb.NetParameter()
-    try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as exc:
-        if not (allow_unknown_fields and "has no field named" in str(exc)):
-            raise CaffeFormatError(_describe_parse_error(exc), where=path,
-                                   hint=_unknown_field_hint(exc)) from None
-        if warn:
-            message = _describe_parse_error(exc).rstrip(".")
-            warn(f"{path}: {message}; unknown fields are ignored (--allow-unknown-fields)")
+    net, unknown = _parse_skipping_unknown_fields(text, path)
+    if unknown and not allow_unknown_fields:
+        raise CaffeFormatError("; ".join(unknown), where=path,
+                               hint="fields from a Caffe fork that senet's schema lacks; "
+                                    "--allow-unknown-fields skips them with a warning")
+    if unknown and warn:
+        warn(f"{path}: ignored unknown fields (--allow-unknown-fields): " + "; ".join(unknown))
+    return _from_net_parameter(net, path)
+
+
+def _parse_skipping_unknown_fields(text: str, path: str, limit: int = 1000
+                                   ) -> tuple[pb.NetParameter, list[str]]:
+    """The net parsed with every field unknown to our schema skipped, and one
+    'line N: ... has no field named X' message per such field, in the order found."""
+    found: list[str] = []
+    while True:
         net = pb.NetParameter()
         try:
-            text_format.Parse(text, net, allow_unknown_field=True)
-        except text_format.ParseError as exc2:
-            raise CaffeFormatError(_describe_parse_error(exc2), where=path) from None
-    return _from_net_parameter(net, path)
+            text_format.Parse(text, net)
+            return net, found
+        except text_format.ParseError as exc:
+            unknown = "has no field named" in str(exc) and exc.GetLine()
+            if not unknown or len(found) >= limit:
+                raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
+            found.append(_describe_parse_error(exc).rstrip("."))
+            text = _blank_field(text, exc.GetLine(), exc.GetColumn())
+
+
+def _blank_field(text: str, line: int, column: int) -> str:
+    """Replace the field starting at line:column (name, optional ':', then a scalar, a quoted
+    string, a [list] or a {block}) by spaces, keeping newlines so line numbers stay true."""
+    lines = text.split("\n")
+    start = sum(len(l) + 1 for l in lines[:line - 1]) + column - 1
+    pos = start
+    n = len(text)
+    while pos < n and (text[pos].isalnum() or text[pos] in "_.[]/"):
+        pos += 1  # the field name (extensions are bracketed)
+    while pos < n and text[pos] in " \t\r\n:":
+        pos += 1
+    depth, quote = 0, None
+    while pos < n:
+        ch = text[pos]
+        if quote:
+            if ch == "\\":
+                pos += 1
+            elif ch == quote:
+                quote = None
+                if depth == 0:
+                    pos += 1
+                    break
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "{[<":
+            depth += 1
+        elif ch in "}]>":
+            depth -= 1
+            if depth <= 0:
+                pos += 1
+                break
+        elif depth == 0 and (ch.isspace() or ch in ";,"):
+            break
+        pos += 1
+    return text[:start] + "".join(c if c == "\n" else " " for c in text[start:pos]) + text[pos:]
 
 
 def _describe_parse_error(exc: text_format.ParseError) -> str:
@@ -368,13 +429,6 @@ def _describe_parse_error(exc: text_format.ParseError) -> str:
         message = message.split(" : ", 1)[1]
     message = message.replace('"senet.caffe.', '"').replace("senet.caffe.", "")
     return f"line {line}: {message}" if line else message
-
-
-def _unknown_field_hint(exc) -> str | None:
-    if "has no field named" in str(exc):
-        return ("a field from a Caffe fork that senet's schema lacks; "
-                "--allow-unknown-fields skips it with a warning")
-    return None
 
 
 def parse_prototxt_text(text: str, path: str = "<text>") -> CaffeFile:

@@ -142,6 +142,10 @@ def _deploy_layers(cf: caffe_io.CaffeFile, input_shape):
             raise UsageError(f"--input-shape is ambiguous: the net has {len(inputs)} inputs "
                              f"({', '.join(inputs)})")
         name = next(iter(inputs))
+        declared = inputs[name]
+        if name not in defaulted and len(declared) != len(input_shape):
+            raise UsageError(f"--input-shape has {len(input_shape)} dimensions, the net's input "
+                             f"'{name}' has {len(declared)} ({','.join(map(str, declared))})")
         inputs[name] = tuple(input_shape)
     return inputs, kept, defaulted
 

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from senet.converter.graph import CaffeNet
 from senet.converter.layers import converter_for
-from senet.errors import ConversionError, GraphError
+from senet.errors import ConversionError, GraphError, UsageError
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Split/Unsqueeze/Softmax with the signatures the emitters use
@@ -67,7 +67,7 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
                 opset: int = DEFAULT_OPSET) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """ModelProto without initializer payloads, and the initializers to stream beside it."""
     if not MIN_OPSET <= opset <= 22:
-        raise ConversionError(f"opset {opset} is not supported (use {MIN_OPSET}..22)")
+        raise UsageError(f"opset {opset} is not supported (use {MIN_OPSET}..22)")
     g = OnnxGraph(net)
     for layer in net.layers:
         g._layer = layer.name
@@ -132,6 +132,12 @@ def _tensor_chunks(name: str, array: np.ndarray) -> tuple[bytes, memoryview]:
     return header.SerializeToString() + _len_field(_RAW_DATA_FIELD, payload.nbytes), payload
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_model(path: str | os.PathLike, model: onnx.ModelProto,
                 initializers: dict[str, np.ndarray], progress=None) -> None:
     """Write `model` with `initializers` to `path` atomically (temp file in the same folder,
@@ -152,6 +158,7 @@ def write_model(path: str | os.PathLike, model: onnx.ModelProto,
     except OSError as exc:
         raise ConversionError(f"cannot write to {folder}: {exc.strerror}", where=str(path)) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is for sharing
         with os.fdopen(fd, "wb") as out:
             out.write(head.SerializeToString())
             out.write(_len_field(_GRAPH_FIELD, graph_len))

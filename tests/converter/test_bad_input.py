@@ -304,6 +304,23 @@ def test_unknown_prototxt_field_names_field_and_line(tmp_path):
         load_net(str(TINY), str(prototxt))
 
 
+def test_every_unknown_prototxt_field_is_listed(tmp_path):
+    lines = TINY_PROTOTXT.read_text().splitlines()
+    marks = []
+    for layer, extra in (("res2/down", "warp_factor: 7"), ("pool1", 'fork_param { mode: "x}" }')):
+        (index,) = [i for i, line in enumerate(lines) if f'name: "{layer}"' in line]
+        lines[index] = lines[index].replace("} }", f"}} {extra} }}", 1)
+        marks.append(f"line {index + 1}")
+    prototxt = write(tmp_path, "fork.prototxt", "\n".join(lines) + "\n")
+    convert_expecting_error(tmp_path, TINY, "--prototxt", prototxt,
+                            fragments=("warp_factor", "fork_param", *marks))
+
+
+def test_input_shape_of_the_wrong_rank_is_a_usage_error(tmp_path):
+    convert_expecting_error(tmp_path, TINY, "--input-shape", "1,3,32", code=2,
+                            fragments=("--input-shape has 3 dimensions", "'data' has 4"))
+
+
 def test_prototxt_syntax_error_names_line(tmp_path):
     lines = TINY_PROTOTXT.read_text().splitlines()
     (index,) = [i for i, line in enumerate(lines) if 'name: "pool1"' in line]
@@ -369,3 +386,12 @@ def test_every_failure_is_a_senet_error():
     """The exception family is what the CLI relies on."""
     for cls in (CaffeFormatError, GraphError, ShapeError, UnsupportedLayerError):
         assert issubclass(cls, SenetError)
+
+
+def test_hdf5_snapshot_is_named(tmp_path):
+    path = real("arm_ml_examples", "cifar10_m4_iter_70000.caffemodel.h5")
+    convert_expecting_error(tmp_path, path, fragments=("HDF5 snapshot",))
+
+
+def test_prototxt_given_as_model_is_named(tmp_path):
+    convert_expecting_error(tmp_path, TINY_PROTOTXT, fragments=("text prototxt", "--prototxt"))

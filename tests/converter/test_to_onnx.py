@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from senet.cli import convert_main
 from senet.converter.load import load_net
 from senet.converter.to_onnx import DEFAULT_OPSET, build_graph, write_model
-from senet.errors import ConversionError, GraphError
+from senet.errors import GraphError, UsageError
 from senet.examples import make
 from tests.converter.harness import reference, rel_error, run_onnx
 from tests.reference.caffemodel_wire import read_caffemodel
@@ -40,7 +40,7 @@ def test_other_opsets_check(tmp_path, opset):
 
 
 def test_opset_out_of_range_is_refused(tmp_path):
-    with pytest.raises(ConversionError, match="opset 9"):
+    with pytest.raises(UsageError, match="opset 9"):
         _example_onnx(tmp_path, opset=9)
 
 
