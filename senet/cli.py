@@ -7,7 +7,6 @@ stderr (``senet-convert: error: ...``); --debug shows the traceback instead.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import sys
 import threading
 from pathlib import Path
@@ -54,17 +53,15 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 def _sha256(path: str) -> str:
-    """SHA-256 of a file: one hashlib call over a read-only memory map (no copy through a read
-    buffer, and the GIL is released once for the whole file)."""
-    with open(path, "rb") as f:
-        try:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return hashlib.sha256(mapped).hexdigest()
-        except (OSError, ValueError):  # empty file, pipe, or a file system without mmap
-            h = hashlib.sha256()
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-            return h.hexdigest()
+    """SHA-256 of a file, read through one reused 4 MiB buffer (hashlib releases the GIL for
+    each chunk; mapping the file instead would add its size to this process's memory)."""
+    h = hashlib.sha256()
+    buffer = bytearray(1 << 22)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 class _BackgroundSha256:
@@ -145,14 +142,15 @@ def _convert(model, prototxt, target, output, opset, outputs, input_shape,
     if inspect:
         click.echo(describe(net, recognised))
         return
-    from senet.converter.to_onnx import DEFAULT_OPSET, build_graph, set_metadata, write_model
+    from senet.converter.to_onnx import DEFAULT_OPSET, build_graph, write_model
     requested = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
     progress.step(f"building ONNX graph ({len(net.layers)} layers)")
     onnx_model, initializers = build_graph(net, requested, opset or DEFAULT_OPSET)
-    set_metadata(onnx_model, _metadata(model, prototxt, recognised, source_sha256.result()))
     destination = Path(output) if output else Path(Path(model).stem + ".onnx")
     progress.step(f"writing {destination}")
-    write_model(destination, onnx_model, initializers, progress.bar("weights"))
+    write_model(destination, onnx_model, initializers, progress.bar("weights"),
+                source=net.weight_file,
+                metadata=lambda: _metadata(model, prototxt, recognised, source_sha256.result()))
     progress.step("done")
 
 

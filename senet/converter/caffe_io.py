@@ -47,6 +47,25 @@ class RawLayer:
     legacy: list[bool] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MappedFile:
+    """A file mapped read-only into memory; arrays viewing it can be copied file to file."""
+
+    path: str
+    address: int
+    size: int
+
+    def offset_of(self, array: np.ndarray) -> int | None:
+        """Byte offset in the file of a C-contiguous little-endian float32 array viewing the
+        mapping, or None if the array is anything else."""
+        if array.dtype != np.dtype("<f4") or not array.flags.c_contiguous or array.size == 0:
+            return None
+        start = array.__array_interface__["data"][0] - self.address
+        if 0 <= start and start + array.nbytes <= self.size:
+            return start
+        return None
+
+
 @dataclass
 class CaffeFile:
     """A parsed Caffe file: net-level fields plus the ordered layers."""
@@ -55,6 +74,7 @@ class CaffeFile:
     layers: list[RawLayer]
     path: str
     format: str                   # "V2", "V1" or "V0"
+    mapped: MappedFile | None = None  # set when blobs are views of the mapped file
 
 
 # ----------------------------------------------------------------------------- wire walking
@@ -237,7 +257,10 @@ def read_caffemodel(path: str | os.PathLike) -> CaffeFile:
         if size == 0:
             raise CaffeFormatError("file is empty", where=path)
         buf = mmap.mmap(fd.fileno(), 0, access=mmap.ACCESS_READ)
-    return parse_caffemodel_bytes(buf, path)
+    parsed = parse_caffemodel_bytes(buf, path)
+    address = np.frombuffer(buf, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    parsed.mapped = MappedFile(path=path, address=address, size=size)
+    return parsed
 
 
 def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:

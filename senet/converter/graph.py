@@ -40,6 +40,8 @@ class CaffeNet:
     shapes: dict[str, Shape] = field(default_factory=dict)
     # Caffe blob name -> SSA name of its final value.
     final_names: dict[str, str] = field(default_factory=dict)
+    # The weights file when blobs are views of it (lets writers copy file to file).
+    weight_file: object | None = None
 
     def producers(self) -> dict[str, Layer]:
         return {top: layer for layer in self.layers for top in layer.tops}

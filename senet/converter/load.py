@@ -55,7 +55,8 @@ def assemble(structure: caffe_io.CaffeFile, weights: caffe_io.CaffeFile | None,
     names = list(inputs)
     ssa_inputs, ir_layers, final = assign_ssa_names(names, pairs)
     net = CaffeNet(name=structure.net.name, inputs=dict(zip(ssa_inputs, inputs.values())),
-                   layers=ir_layers, final_names=final)
+                   layers=ir_layers, final_names=final,
+                   weight_file=weights.mapped if weights is not None else None)
     net.shapes.update(net.inputs)
     try:
         _infer_shapes_and_check_blobs(net, structure.path, weights.path if weights else None,

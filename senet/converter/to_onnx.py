@@ -138,10 +138,44 @@ def _umask() -> int:
     return mask
 
 
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        view = view[os.write(fd, view):]
+
+
+def _copy_from_file(src_fd: int, offset: int, count: int, out_fd: int) -> bool:
+    """Copy `count` bytes at `offset` of src to the end of out inside the kernel; False if the
+    platform or file systems cannot (the caller then writes from memory)."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src_fd, out_fd, count - done, offset + done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        done = -1
+    if done == count:
+        return True
+    if done > 0:  # partial copy: rewind so the fallback rewrites the whole payload
+        os.lseek(out_fd, -done, os.SEEK_CUR)
+    return False
+
+
 def write_model(path: str | os.PathLike, model: onnx.ModelProto,
-                initializers: dict[str, np.ndarray], progress=None) -> None:
+                initializers: dict[str, np.ndarray], progress=None, source=None,
+                metadata=None) -> None:
     """Write `model` with `initializers` to `path` atomically (temp file in the same folder,
-    renamed when complete; nothing is left behind on failure)."""
+    renamed when complete; nothing is left behind on failure).
+
+    With `source` (a caffe_io.MappedFile), initializers that are views of that file are copied
+    file to file by the kernel: the weights never pass through this process's memory.
+    `metadata`, a callable returning a dict, is called after the weights are written and its
+    entries appended as metadata_props (protobuf merges fields in any order), so a slow value
+    such as the source file's hash is computed while the weights are written."""
     path = Path(path)
     graph = model.graph
     head = onnx.ModelProto()
@@ -157,20 +191,30 @@ def write_model(path: str | os.PathLike, model: onnx.ModelProto,
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
     except OSError as exc:
         raise ConversionError(f"cannot write to {folder}: {exc.strerror}", where=str(path)) from None
+    src_fd = None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is for sharing
-        with os.fdopen(fd, "wb") as out:
-            out.write(head.SerializeToString())
-            out.write(_len_field(_GRAPH_FIELD, graph_len))
-            out.write(graph_bytes)
-            for k, (header, payload) in enumerate(tensors):
-                out.write(_len_field(_INITIALIZER_FIELD, len(header) + payload.nbytes))
-                out.write(header)
-                out.write(payload)
-                if progress:
-                    progress(k + 1, len(tensors))
+        if source is not None:
+            src_fd = os.open(source.path, os.O_RDONLY)
+        _write_all(fd, head.SerializeToString() + _len_field(_GRAPH_FIELD, graph_len)
+                   + graph_bytes)
+        for k, ((header, payload), array) in enumerate(zip(tensors, initializers.values())):
+            _write_all(fd, _len_field(_INITIALIZER_FIELD, len(header) + payload.nbytes) + header)
+            offset = source.offset_of(array) if source is not None else None
+            if offset is None or not _copy_from_file(src_fd, offset, payload.nbytes, fd):
+                _write_all(fd, payload)
+            if progress:
+                progress(k + 1, len(tensors))
+        if metadata is not None:
+            trailer = onnx.ModelProto()
+            set_metadata(trailer, metadata())
+            _write_all(fd, trailer.SerializeToString())
+        os.close(fd)
+        fd = None
         os.replace(tmp, path)
     except BaseException as exc:
+        if fd is not None:
+            os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
@@ -178,3 +222,6 @@ def write_model(path: str | os.PathLike, model: onnx.ModelProto,
         if isinstance(exc, OSError):
             raise ConversionError(f"cannot write: {exc.strerror}", where=str(path)) from None
         raise
+    finally:
+        if src_fd is not None:
+            os.close(src_fd)

@@ -40,7 +40,7 @@ def convert(tmp: Path, caffemodel: Path, prototxt: Path | None = None,
     net = load_net(str(caffemodel), str(prototxt) if prototxt else None, input_shape)
     model, initializers = build_graph(net, outputs)
     out = tmp / f"{name}.onnx"
-    write_model(out, model, initializers)
+    write_model(out, model, initializers, source=net.weight_file)
     return out
 
 

@@ -107,3 +107,14 @@ def test_recognised_model_in_metadata_and_inspect(tmp_path):
     inspect = runner.invoke(convert_main, [str(caffemodel), "--inspect"])
     assert "recognised model: se_bn_inception" in inspect.output
     assert "parameters: 11,951,723" in inspect.output
+
+
+def test_file_to_file_copy_writes_the_same_bytes(tmp_path):
+    net = load_net(str(make.CAFFEMODEL))
+    assert net.weight_file is not None
+    copied = [layer.blobs[0] for layer in net.layers if layer.type == "Convolution"]
+    assert all(net.weight_file.offset_of(b) is not None for b in copied)
+    model, initializers = build_graph(net)
+    write_model(tmp_path / "copied.onnx", model, initializers, source=net.weight_file)
+    write_model(tmp_path / "written.onnx", model, initializers)
+    assert (tmp_path / "copied.onnx").read_bytes() == (tmp_path / "written.onnx").read_bytes()
