@@ -1,6 +1,11 @@
 """The published SENet models: names, aliases, Table 1, preprocessing, class order and an
 architecture fingerprint, loaded from weights_manifest.yaml into typed records.
 
+Besides the seven published models the manifest holds bundled models (the digits demo): their
+weights and held-out images ship inside the package (``weights_path``, ``val_dir``, relative
+to the ``senet`` package), their classes are listed (``class_order: explicit``, ``classes``) and
+their errors are the measured ones.
+
 ``python -m senet.manifest PROTOTXT...`` prints the fingerprint block for prototxts; that is how
 the manifest's fingerprints were produced (a test recomputes them from ../shared).
 """
@@ -12,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -50,6 +56,27 @@ class ModelEntry:
     preprocessing: Preprocessing
     class_order: str
     fingerprint: Fingerprint
+    title: str | None = None
+    classes: tuple[str, ...] | None = None
+    """Class names in output order where ``class_order`` is 'explicit'; None otherwise."""
+    weights_path: str | None = None
+    """The bundled caffemodel, relative to the senet package; None for published models."""
+    val_dir: str | None = None
+    """The bundled held-out images (one folder per class), relative to the senet package."""
+
+    def bundled_weights(self) -> Path | None:
+        """Path of the caffemodel that ships with senet, or None (published models)."""
+        return _package_path(self.weights_path)
+
+    def bundled_val_dir(self) -> Path | None:
+        """Path of the held-out image folder that ships with senet, or None."""
+        return _package_path(self.val_dir)
+
+
+def _package_path(relative: str | None) -> Path | None:
+    if relative is None:
+        return None
+    return Path(str(resources.files("senet").joinpath(*relative.split("/"))))
 
 
 def fingerprint(net: CaffeNet) -> Fingerprint:
@@ -86,7 +113,10 @@ def load_manifest() -> dict[str, ModelEntry]:
                                         interpolation=pre["interpolation"]),
             class_order=d["class_order"],
             fingerprint=Fingerprint(int(fp["parameters"]), int(fp["layers_with_blobs"]),
-                                    str(fp["digest"])))
+                                    str(fp["digest"])),
+            title=d.get("title"),
+            classes=tuple(map(str, d["classes"])) if d.get("classes") is not None else None,
+            weights_path=d.get("weights_path"), val_dir=d.get("val_dir"))
     return entries
 
 

@@ -21,8 +21,16 @@ PUBLISHED_MB = {"se_bn_inception": 46, "se_resnet50": 107, "se_resnet101": 189,
                 "senet154": 440}
 
 
-def test_manifest_lists_the_seven_models():
-    assert sorted(load_manifest()) == sorted(PROTOTXTS)
+BUNDLED = ["digits_se_demo"]  # tests/examples/test_digits_demo.py checks it
+
+
+def test_manifest_lists_the_seven_models_and_the_bundled_demo():
+    assert sorted(load_manifest()) == sorted([*PROTOTXTS, *BUNDLED])
+    for name in PROTOTXTS:
+        entry = load_manifest()[name]
+        assert entry.class_order == "devkit"
+        assert (entry.classes, entry.weights_path, entry.val_dir) == (None, None, None)
+        assert entry.bundled_weights() is None and entry.bundled_val_dir() is None
 
 
 @pytest.mark.parametrize("name", sorted(PROTOTXTS))
