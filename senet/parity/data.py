@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -311,14 +312,32 @@ def _labels_file_labels(val_dir: Path, labels_file: str | os.PathLike,
     return labelled, missing
 
 
+def _explicit_class_samples(val_dir: Path, classes: list[str], limit) -> list[Sample]:
+    folders, _ = _scan_top(val_dir)
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = [f for f in folders if f not in position]
+    if unknown:
+        raise DatasetError(f"{len(unknown)} folders are not classes of this model: "
+                           f"{_few(unknown)}", where=str(val_dir),
+                           hint=f"its classes are {_few(classes)}")
+    labelled = {rel: folder for folder in folders
+                for rel in _list_images(val_dir / folder, val_dir)}
+    if not labelled:
+        raise DatasetError("no images found", where=str(val_dir),
+                           hint=f"expected one folder per class ({_few(classes)})")
+    return [Sample(val_dir / name, position[labelled[name]]) for name in sorted(labelled)[:limit]]
+
+
 def discover(val_dir: str | os.PathLike, labels_file: str | os.PathLike | None = None,
              label_order: str = "sorted", model_order: str = "devkit",
-             limit: int | None = None) -> list[Sample]:
+             limit: int | None = None, classes: Sequence[str] | None = None) -> list[Sample]:
     """The labelled images of an ImageNet validation folder, sorted by relative path.
 
     ``label_order``: the order of numeric labels in ``labels_file`` (Caffe's val.txt: 'sorted').
     ``model_order``: the order of the returned labels (the SENet models: 'devkit').
     ``limit``: keep only the first ``limit`` samples (after sorting).
+    ``classes``: a model with its own classes (not ImageNet): one folder per class name, the
+    label being the name's position in ``classes``.
     Every image must have a label: otherwise DatasetError says how many lack one and names a few.
     """
     _check_order(label_order, "label order")
@@ -326,6 +345,8 @@ def discover(val_dir: str | os.PathLike, labels_file: str | os.PathLike | None =
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be a positive number of images, got {limit}")
     val_dir = Path(val_dir)
+    if classes is not None:
+        return _explicit_class_samples(val_dir, list(classes), limit)
     layout, folders, images = _detect(val_dir, labels_file)
     if layout == "wnid-folders":
         labelled, missing = _wnid_folder_labels(val_dir, folders), []

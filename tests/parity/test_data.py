@@ -266,3 +266,16 @@ def test_missing_labels_file_and_bad_arguments(flat_dir, tmp_path):
         discover(flat_dir, label_order="imagenet")
     with pytest.raises(UsageError):
         discover(flat_dir, limit=0)
+
+
+def test_explicit_classes_label_by_position(tmp_path):
+    for name, count in (("b", 2), ("a", 1)):
+        (tmp_path / name).mkdir()
+        for k in range(count):
+            (tmp_path / name / f"{k}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    samples = discover(tmp_path, classes=["b", "a", "c"])
+    assert [(s.path.parent.name, s.label) for s in samples] == [("a", 1), ("b", 0), ("b", 0)]
+    (tmp_path / "zz").mkdir()
+    (tmp_path / "zz" / "0.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="not classes of this model: zz"):
+        discover(tmp_path, classes=["b", "a"])
