@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from senet.converter.graph import CaffeNet
-from senet.errors import UsageError
+from senet.errors import ShapeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class ModelEntry:
     """The bundled caffemodel, relative to the senet package; None for published models."""
     val_dir: str | None = None
     """The bundled held-out images (one folder per class), relative to the senet package."""
+    architecture: str | None = None
+    """The deploy prototxt shipped in the package (optionally gzipped), relative to it."""
 
     def bundled_weights(self) -> Path | None:
         """Path of the caffemodel that ships with senet, or None (published models)."""
@@ -116,7 +118,8 @@ def load_manifest() -> dict[str, ModelEntry]:
                                     str(fp["digest"])),
             title=d.get("title"),
             classes=tuple(map(str, d["classes"])) if d.get("classes") is not None else None,
-            weights_path=d.get("weights_path"), val_dir=d.get("val_dir"))
+            weights_path=d.get("weights_path"), val_dir=d.get("val_dir"),
+            architecture=d.get("architecture"))
     return entries
 
 
@@ -137,6 +140,38 @@ def recognise(net: CaffeNet) -> ModelEntry | None:
         if entry.fingerprint == fp:
             return entry
     return None
+
+
+def _layers_with_blobs(net: CaffeNet) -> list[tuple[str, list[tuple[int, ...]]]]:
+    return [(layer.name, [tuple(b.shape) for b in layer.blobs])
+            for layer in net.layers if layer.blobs]
+
+
+def check_architecture(net: CaffeNet, entry: ModelEntry) -> None:
+    """Raise ShapeError naming the first layer where `net` differs from the published model
+    `entry` (layer order, names and blob shapes); return if the architecture matches."""
+    if recognise(net) == entry:
+        return
+    from senet.converter.load import load_net
+    path = _package_path(entry.architecture)
+    if path is None:
+        raise UsageError(f"model '{entry.name}' has no architecture to compare with")
+    expected = _layers_with_blobs(load_net(prototxt=str(path), weights_optional=True))
+    ours = _layers_with_blobs(net)
+    for k, (mine, theirs) in enumerate(zip(ours, expected)):
+        if mine != theirs:
+            raise ShapeError(
+                f"not {entry.name}: layer #{k} with weights is '{mine[0]}' {_shapes(mine[1])}, "
+                f"{entry.name} has '{theirs[0]}' {_shapes(theirs[1])}")
+    if len(ours) != len(expected):
+        extra = ours[len(expected)] if len(ours) > len(expected) else expected[len(ours)]
+        raise ShapeError(f"not {entry.name}: the file has {len(ours)} layers with weights, "
+                         f"{entry.name} has {len(expected)} (first unmatched: '{extra[0]}')")
+    raise ShapeError(f"not {entry.name}: the architecture fingerprint differs")
+
+
+def _shapes(shapes) -> str:
+    return "[" + ", ".join("x".join(map(str, s)) for s in shapes) + "]"
 
 
 def _main(paths: list[str]) -> None:

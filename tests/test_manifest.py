@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+import senet
 
 from senet.converter.load import load_net
 from senet.errors import UsageError
@@ -50,3 +54,28 @@ def test_lookup_by_alias_and_unknown_name():
     assert lookup("legacy_senet154").name == "senet154"
     with pytest.raises(UsageError, match="known: se_bn_inception"):
         lookup("resnet50")
+
+
+@pytest.mark.parametrize("name", sorted(PROTOTXTS))
+def test_shipped_architecture_is_the_published_prototxt(name):
+    import gzip
+
+    path = lookup(name).architecture
+    packaged = gzip.decompress(
+        (Path(senet.__file__).parent / path).read_bytes())
+    assert packaged == require_shared("senet_prototxt", PROTOTXTS[name] + ".prototxt").read_bytes()
+
+
+def test_architecture_mismatch_names_the_layer():
+    from senet.errors import ShapeError
+    from senet.manifest import check_architecture
+
+    r50 = load_manifest()["se_resnet50"]
+    net = load_net(prototxt=str(Path(senet.__file__).parent / r50.architecture),
+                   weights_optional=True)
+    check_architecture(net, r50)  # matches itself
+    with pytest.raises(ShapeError, match=r"not se_resnext50_32x4d: layer #3 with weights is "
+                                         r"'conv2_1_1x1_reduce' \[64x64x1x1\], .* \[128x64x1x1\]"):
+        check_architecture(net, load_manifest()["se_resnext50_32x4d"])
+    with pytest.raises(ShapeError, match="not senet154"):
+        check_architecture(net, load_manifest()["senet154"])

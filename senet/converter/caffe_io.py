@@ -9,9 +9,11 @@ generated code, need seconds to minutes and 3x the memory).
 
 from __future__ import annotations
 
+import gzip
 import mmap
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -371,9 +373,14 @@ def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
     """
     path = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="strict")
+        raw = Path(path).read_bytes()
+        if path.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8", errors="strict")
     except FileNotFoundError:
         raise CaffeFormatError("file not found", where=path) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        raise CaffeFormatError("not a valid gzip file", where=path) from None
     except UnicodeDecodeError:
         raise CaffeFormatError("not a text prototxt (not UTF-8)", where=path,
                                hint="a binary .caffemodel given as --prototxt?") from None
