@@ -196,5 +196,188 @@ def describe(net, recognised) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ senet-verify
+
+VERIFY = "senet-verify"
+
+
+class _VerifyUsageErrors(click.Command):
+    """click's own usage errors as one ``senet-verify: error:`` line, exit status 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as error:
+            click.echo(f"{VERIFY}: error: {_one_line(error.format_message())}", err=True)
+            sys.exit(2)
+
+
+def _verify_exit_code(error: SenetError) -> int:
+    """1 when the check ran and failed (weights that are not the model), 2 when it could not
+    run: usage, a missing or unreadable data set, weights or report (input errors)."""
+    from senet.parity.runners import WeightsMismatchError
+    return 1 if isinstance(error, WeightsMismatchError) else 2
+
+
+@click.command(cls=_VerifyUsageErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("reports", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("-m", "--model", help="Published model name or alias (e.g. se_resnet50); "
+              "without it, recognised from the weights.")
+@click.option("-w", "--weights", type=click.Path(dir_okay=False),
+              help=".caffemodel (converted on the fly, cached), .onnx or .pt2 "
+                   "(default: the model's file in --weights-dir).")
+@click.option("--prototxt", type=click.Path(dir_okay=False),
+              help="Deploy prototxt for a .caffemodel (default: the net stored in it).")
+@click.option("--val", "--val-dir", "val_dir", type=click.Path(),
+              help="ImageNet validation folder: WNID folders, ILSVRC2012_val_*.JPEG files, or "
+                   "any folder with --labels.")
+@click.option("--labels", type=click.Path(dir_okay=False),
+              help="Labels file: Caffe's val.txt or LOC_val_solution.csv.")
+@click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted",
+              show_default=True, help="Class order of numeric labels in --labels.")
+@click.option("--weights-dir", default="~/.cache/senet", show_default=True,
+              help="Where the published .caffemodel files are looked up.")
+@click.option("--cache-dir", default="~/.cache/senet", show_default=True,
+              help="Converted models and per-run prediction caches.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "torch"]), default="auto",
+              show_default=True, help="auto: torch for .pt2, onnxruntime otherwise.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:K (auto: CUDA when the backend has it).")
+@click.option("-b", "--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("-j", "--workers", type=click.IntRange(min=0), default=None,
+              help="Decode worker processes (default: spare cores, at least 1; 0: none).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Inference threads (default: the runtime's).")
+@click.option("--limit", type=int, default=None, help="Score only the first N images.")
+@click.option("--allow-unreadable", is_flag=True,
+              help="Pass the gate even when more than 0.1% of the images are unreadable.")
+@click.option("--no-resume", is_flag=True, help="Ignore earlier predictions of the same run.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the JSON report (per-class accuracy, unreadable files) here.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Write a Markdown report here.")
+@click.option("--summary", is_flag=True, help="Print the table over the JSON REPORTS given.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="With --summary: write a PNG bar chart, ours vs Table 1.")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False), default=None,
+              metavar="A B", help="Blob-by-blob difference between two forms of one model "
+                                  "(.caffemodel, .onnx, .pt2).")
+@click.option("--image", type=click.Path(dir_okay=False),
+              help="With --compare: this image, preprocessed, instead of random input.")
+@click.option("--tolerance", type=float, default=None,
+              help="With --compare: largest relative difference allowed (default 1e-4).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="With --compare: seed of the random input.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def verify_main(reports, debug, **options):
+    """Check a converted SENet model against the published ImageNet errors (Table 1).
+
+    \b
+    senet-verify --model se_resnet50 --val /data/imagenet/val
+    senet-verify --weights SE-ResNet-50.caffemodel --val val --json r50.json
+    senet-verify --model digits_se_demo          (bundled demo: runs offline)
+    senet-verify --summary r50.json r101.json --plot summary.png
+    senet-verify --compare SE-ResNet-50.caffemodel r50.onnx --image cat.jpg
+
+    Exit status: 0 within tolerance (or all blobs within --tolerance), 1 outside it or weights
+    that do not match the model, 2 usage or input error.
+    """
+    try:
+        code = _verify(reports, **options)
+    except SenetError as error:
+        if debug:
+            raise
+        click.echo(f"{VERIFY}: error: {_one_line(str(error))}", err=True)
+        sys.exit(_verify_exit_code(error))
+    except KeyboardInterrupt:
+        click.echo(f"{VERIFY}: interrupted; rerun the same command to resume from the "
+                   "predictions cache", err=True)
+        sys.exit(130)
+    except Exception as error:  # a bug in senet, not the user's input: still no traceback
+        if debug:
+            raise
+        click.echo(f"{VERIFY}: error: internal error ({type(error).__name__}: "
+                   f"{_one_line(str(error))}); rerun with --debug and report it", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+_EVAL_ONLY = {"json_path": "--json", "markdown_path": "--markdown", "val_dir": "--val",
+              "labels": "--labels", "limit": "--limit"}
+_COMPARE_ONLY = {"image": "--image", "tolerance": "--tolerance"}
+
+
+def _verify(reports, summary, plot, compare, **options) -> int:
+    if summary:
+        if not reports:
+            raise UsageError("--summary needs one or more JSON reports")
+        return _verify_summary(reports, plot)
+    if reports:
+        raise UsageError(f"unexpected argument '{reports[0]}'",
+                         hint="JSON reports are read with --summary")
+    if plot:
+        raise UsageError("--plot goes with --summary")
+    if compare:
+        used = [flag for name, flag in _EVAL_ONLY.items() if options.get(name) is not None]
+        if used:
+            raise UsageError(f"{used[0]} does not go with --compare")
+        return _verify_compare(compare, options)
+    used = [flag for name, flag in _COMPARE_ONLY.items() if options.get(name) is not None]
+    if used:
+        raise UsageError(f"{used[0]} goes with --compare")
+    return _verify_run(options)
+
+
+def _verify_summary(reports, plot) -> int:
+    from senet.parity.report import load_report, plot_summary, summary_table
+    loaded = [load_report(path) for path in reports]
+    click.echo(summary_table(loaded))
+    if plot:
+        plot_summary(loaded, plot)
+    return 0 if all(r["passed"] for r in loaded) else 1
+
+
+def _verify_compare(paths, options) -> int:
+    from senet.manifest import lookup
+    from senet.parity.compare import DEFAULT_TOLERANCE, compare, format_comparison
+    entry = lookup(options["model"]) if options["model"] else None
+    tolerance = options["tolerance"] if options["tolerance"] is not None else DEFAULT_TOLERANCE
+    result = compare(paths[0], paths[1], tolerance, entry, options["image"], options["seed"],
+                     options["prototxt"])
+    click.echo("\n".join(format_comparison(result, Path(paths[0]).name, Path(paths[1]).name)))
+    return 1 if result.first_exceeding is not None else 0
+
+
+def _verify_run(options) -> int:
+    from senet.parity.report import build_report, markdown, summary_lines, write_json
+    from senet.parity.report import write_text
+    from senet.parity.verify import RateMeter, VerifyOptions, evaluate
+    from senet.progress import Progress
+    from senet.parity import distributed
+    main = distributed.from_env().is_main
+    quiet = options["quiet"] or not main
+    progress = Progress(quiet=quiet)
+    run_options = VerifyOptions(
+        model=options["model"], weights=options["weights"], prototxt=options["prototxt"],
+        weights_dir=options["weights_dir"], cache_dir=options["cache_dir"],
+        val_dir=options["val_dir"], labels=options["labels"],
+        label_order=options["label_order"], backend=options["backend"],
+        device=options["device"], batch_size=options["batch_size"],
+        workers=options["workers"], threads=options["threads"], limit=options["limit"],
+        allow_unreadable=options["allow_unreadable"], resume=not options["no_resume"])
+    evaluation = evaluate(run_options, step=progress.step,
+                          progress=None if quiet else RateMeter())
+    if not main:
+        return 0 if evaluation.gate.passed else 1
+    report = build_report(evaluation)
+    if options["json_path"]:
+        write_json(options["json_path"], report)
+    if options["markdown_path"]:
+        write_text(options["markdown_path"], markdown(report))
+    click.echo("\n".join(summary_lines(report)))
+    return 0 if report["passed"] else 1
+
+
 if __name__ == "__main__":
     convert_main()
