@@ -54,6 +54,10 @@ class ConversionError(SenetError):
     """An output could not be written (unwritable path, emitter failure on valid input)."""
 
 
+class ModelFileError(SenetError):
+    """A file senet wrote (.safetensors with its graph spec) that cannot be read back."""
+
+
 class UsageError(SenetError):
     """Bad command-line usage; exit status 2."""
 

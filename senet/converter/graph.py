@@ -28,6 +28,8 @@ class Layer:
     bottoms: list[str]
     tops: list[str]
     blobs: list[np.ndarray] = field(default_factory=list)
+    # Set by passes.fuse_axpy_relu: the layer's output goes through a ReLU (negative_slope 0).
+    fused_relu: bool = False
 
 
 @dataclass
@@ -65,6 +67,18 @@ class CaffeNet:
             return self.final_names[caffe_name]
         known = ", ".join(sorted(self.final_names)[:8])
         raise GraphError(f"no blob named '{caffe_name}' in the net", hint=f"blobs include {known}")
+
+    def output_pairs(self, outputs: list[str] | None = None) -> list[tuple[str, str]]:
+        """(public name, SSA name) of each graph output, in order: the requested Caffe blobs
+        (each its final value), or by default the blobs nothing consumes, named after their
+        Caffe blob. GraphError for an unknown or repeated name."""
+        if outputs:
+            pairs = [(name, self.resolve_output(name)) for name in outputs]
+        else:
+            pairs = [(ssa.split("#", 1)[0], ssa) for ssa in self.default_outputs()]
+        if len({public for public, _ in pairs}) != len(pairs):
+            raise GraphError("an output is requested twice")
+        return pairs
 
     def parameter_count(self) -> int:
         return int(sum(b.size for layer in self.layers for b in layer.blobs))

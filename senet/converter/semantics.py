@@ -93,18 +93,34 @@ def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
 
 
 def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(a, b) in float64 with BatchNorm(x) = a·x + b."""
+    """(a, b) in float64 with BatchNorm(x) = (x - mean) / sqrt(var + eps) = a·x + b."""
     m, v = batchnorm_statistics(mean, var, factor)
-    a = 1.0 / np.sqrt(v + np.float64(np.float32(eps)))
+    a = 1.0 / np.sqrt(v + np.float64(eps))
     return a, -m * a
+
+
+def fold_affine_into_conv(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray,
+                          shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias (float64) of a convolution followed by the per-output-channel affine
+    map y·scale + shift: W·scale (each output channel's filter scaled) and b·scale + shift."""
+    w = np.asarray(weight, np.float64)
+    s = np.asarray(scale, np.float64)
+    b = np.zeros(w.shape[0]) if bias is None else np.asarray(bias, np.float64)
+    return w * s.reshape((-1,) + (1,) * (w.ndim - 1)), b * s + np.asarray(shift, np.float64)
+
+
+def prototxt_float(value: float) -> float:
+    """A float field as the decimal written in the prototxt: the shortest decimal that rounds
+    to the stored float32 (0.1, not 0.10000000149). Both are the same float32, so float32
+    arithmetic is unchanged; float64 arithmetic gets the value the author wrote."""
+    return float(str(np.float32(value)))
 
 
 # ----------------------------------------------------------------------------- reshape / flatten
 
-def reshape_output(in_shape: Shape, dims: list[int], axis: int, num_axes: int, layer: str
-                   ) -> Shape:
-    """Caffe's Reshape: replace axes [axis, axis+num_axes) by `dims`, where 0 copies the input
-    dim at that position and one -1 is inferred from the element count."""
+def reshape_span(in_shape: Shape, axis: int, num_axes: int, layer: str) -> tuple[int, int]:
+    """The input axes [start, end) a Reshape replaces (a negative axis counts from the end,
+    -1 meaning after the last axis; num_axes -1 means to the end)."""
     ndim = len(in_shape)
     start = canonical_axis(axis, ndim + 1, layer) if axis >= 0 else axis + ndim + 1
     if not 0 <= start <= ndim:
@@ -113,6 +129,15 @@ def reshape_output(in_shape: Shape, dims: list[int], axis: int, num_axes: int, l
     if num_axes < -1 or end > ndim:
         raise ShapeError(f"reshape num_axes {num_axes} out of range for {list(in_shape)}",
                          layer=layer)
+    return start, end
+
+
+def reshape_output(in_shape: Shape, dims: list[int], axis: int, num_axes: int, layer: str
+                   ) -> Shape:
+    """Caffe's Reshape: replace axes [axis, axis+num_axes) by `dims`, where 0 copies the input
+    dim at that position and one -1 is inferred from the element count."""
+    ndim = len(in_shape)
+    start, end = reshape_span(in_shape, axis, num_axes, layer)
     out = list(in_shape[:start])
     inferred = None
     for i, d in enumerate(dims):

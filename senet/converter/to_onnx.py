@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 
 from senet.converter.graph import CaffeNet
 from senet.converter.layers import converter_for
-from senet.errors import ConversionError, GraphError, UsageError
+from senet.errors import ConversionError, UsageError
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Split/Unsqueeze/Softmax with the signatures the emitters use
@@ -72,31 +72,22 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
     for layer in net.layers:
         g._layer = layer.name
         converter_for(layer.type).to_onnx(layer, g)
-    output_names = ([net.resolve_output(o) for o in outputs] if outputs
-                    else net.default_outputs())
+    output_pairs = net.output_pairs(outputs)
     graph_inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT,
                                                   ["batch", *shape[1:]])
                     for name, shape in net.inputs.items()]
     graph_outputs, renames = [], []
-    for caffe_name, ssa in zip(outputs or output_names, output_names):
-        public = caffe_name if outputs else _public_name(net, ssa)
+    for public, ssa in output_pairs:
         if public != ssa:
             renames.append(helper.make_node("Identity", [ssa], [public], name=f"output:{public}"))
         shape = net.shapes[ssa]
         graph_outputs.append(helper.make_tensor_value_info(public, TensorProto.FLOAT,
                                                            ["batch", *shape[1:]]))
-    if len({o.name for o in graph_outputs}) != len(graph_outputs):
-        raise GraphError("an output is requested twice")
     graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
                               graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="senet", ir_version=IR_VERSION)
     return model, g.initializers
-
-
-def _public_name(net: CaffeNet, ssa: str) -> str:
-    """Outputs are named after Caffe blobs: an SSA name maps back to its Caffe name."""
-    return ssa.split("#", 1)[0] if "#" in ssa else ssa
 
 
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:

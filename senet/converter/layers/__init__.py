@@ -1,8 +1,9 @@
 """Layer converters, one module per family, registered by Caffe type string.
 
 A converter states, for its Caffe type(s): how many bottoms and tops it takes, the shapes of the
-blobs it expects, the shapes it produces, and how it is emitted. Adding a Caffe layer means adding
-one class here and nothing else. Users register converters for a fork's layers the same way::
+blobs it expects, the shapes it produces, and how it is emitted as ONNX nodes and as torch.fx
+nodes. Adding a Caffe layer means adding one class here and nothing else. Users register
+converters for a fork's layers the same way::
 
     from senet.converter import register, LayerConverter
 
@@ -36,6 +37,10 @@ class LayerConverter:
 
     def to_onnx(self, layer: Layer, g) -> None:  # g: senet.converter.to_onnx.OnnxGraph
         raise NotImplementedError(f"{type(self).__name__} has no ONNX emitter")
+
+    def to_torch(self, layer: Layer, ctx) -> None:  # ctx: senet.converter.to_torch.TorchGraph
+        """Emit fx nodes defining every top (torch is imported by the emitter, not here)."""
+        raise NotImplementedError(f"{type(self).__name__} has no torch emitter")
 
     def check_arity(self, layer: Layer) -> None:
         nb, nt = len(layer.bottoms), len(layer.tops)

@@ -16,6 +16,15 @@ class ReLU(LayerConverter):
         else:
             g.node("Relu", layer.bottoms, layer.tops)
 
+    def to_torch(self, layer, ctx):
+        from torch.nn import functional as F
+        slope = layer.param.relu_param.negative_slope
+        x = ctx.value(layer.bottoms[0])
+        if slope:
+            ctx.emit(layer.tops[0], F.leaky_relu, x, ctx.scalar(slope))
+        else:
+            ctx.emit(layer.tops[0], F.relu, x)
+
 
 @register("PReLU")
 class PReLU(LayerConverter):
@@ -31,17 +40,30 @@ class PReLU(LayerConverter):
             slope = slope.reshape((slope.size,) + (1,) * (ndim - 2))
         g.node("PRelu", [layer.bottoms[0], g.const(slope, layer.name + "/slope")], layer.tops)
 
+    def to_torch(self, layer, ctx):
+        from torch.nn import functional as F
+        slope = ctx.parameter("weight", layer.blobs[0].reshape(-1))  # slopes along axis 1
+        ctx.emit(layer.tops[0], F.prelu, ctx.value(layer.bottoms[0]), slope)
+
 
 @register("Sigmoid")
 class Sigmoid(LayerConverter):
     def to_onnx(self, layer, g):
         g.node("Sigmoid", layer.bottoms, layer.tops)
 
+    def to_torch(self, layer, ctx):
+        import torch
+        ctx.emit(layer.tops[0], torch.sigmoid, ctx.value(layer.bottoms[0]))
+
 
 @register("TanH")
 class TanH(LayerConverter):
     def to_onnx(self, layer, g):
         g.node("Tanh", layer.bottoms, layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        ctx.emit(layer.tops[0], torch.tanh, ctx.value(layer.bottoms[0]))
 
 
 @register("Dropout")
@@ -51,26 +73,46 @@ class Dropout(LayerConverter):
     def to_onnx(self, layer, g):
         g.node("Identity", layer.bottoms, layer.tops)
 
+    def to_torch(self, layer, ctx):
+        ctx.define(layer.tops[0], ctx.value(layer.bottoms[0]))
+
+
+def power_steps(p) -> list[tuple[str, float]]:
+    """Caffe's Power as a sequence of (mul | add | pow, constant), identity steps left out."""
+    steps = []
+    if p.scale != 1:
+        steps.append(("mul", p.scale))
+    if p.shift != 0:
+        steps.append(("add", p.shift))
+    if p.power != 1:
+        steps.append(("pow", p.power))
+    return steps
+
 
 @register("Power")
 class Power(LayerConverter):
     """y = (shift + scale·x) ^ power."""
 
     def to_onnx(self, layer, g):
-        p = layer.param.power_param
         x = layer.bottoms[0]
-        steps = []
-        if p.scale != 1:
-            steps.append(("Mul", p.scale))
-        if p.shift != 0:
-            steps.append(("Add", p.shift))
-        if p.power != 1:
-            steps.append(("Pow", p.power))
+        steps = power_steps(layer.param.power_param)
         if not steps:
             g.node("Identity", [x], layer.tops)
             return
         for i, (op, value) in enumerate(steps):
-            out = layer.tops[0] if i == len(steps) - 1 else g.tmp(f"{layer.name}/{op.lower()}")
-            g.node(op, [x, g.const(np.array(value, np.float32), f"{layer.name}/{op.lower()}_c")],
-                   [out])
+            out = layer.tops[0] if i == len(steps) - 1 else g.tmp(f"{layer.name}/{op}")
+            g.node(op.capitalize(), [x, g.const(np.array(value, np.float32),
+                                                f"{layer.name}/{op}_c")], [out])
             x = out
+
+    def to_torch(self, layer, ctx):
+        import torch
+        fns = {"mul": torch.mul, "add": torch.add, "pow": torch.pow}
+        x = ctx.value(layer.bottoms[0])
+        steps = power_steps(layer.param.power_param)
+        for i, (op, value) in enumerate(steps):
+            if i == len(steps) - 1:
+                x = ctx.emit(layer.tops[0], fns[op], x, ctx.scalar(value))
+            else:
+                x = ctx.op(fns[op], x, ctx.scalar(value))
+        ctx.define(layer.tops[0], x)

@@ -1,7 +1,8 @@
 """Axpy, SENet's own layer: top = bottom[0] · bottom[1] + bottom[2].
 
 bottom[0] is the N×C×1×1 excitation, broadcast over H×W of bottom[1]; bottom[2] is the residual.
-OpenCV's importer swaps the operands; the order here is the SENet Caffe fork's.
+OpenCV's importer swaps the operands; the order here is the SENet Caffe fork's. After
+passes.fuse_axpy_relu the layer also applies the ReLU that followed it (``layer.fused_relu``).
 """
 
 from __future__ import annotations
@@ -28,4 +29,15 @@ class Axpy(LayerConverter):
         scale, x, y = layer.bottoms
         product = g.tmp(layer.name + "/scaled")
         g.node("Mul", [scale, x], [product])
-        g.node("Add", [product, y], layer.tops)
+        if not layer.fused_relu:
+            g.node("Add", [product, y], layer.tops)
+            return
+        total = g.tmp(layer.name + "/sum")
+        g.node("Add", [product, y], [total])
+        g.node("Relu", [total], layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        scale, x, y = (ctx.value(b) for b in layer.bottoms)
+        ctx.emit(layer.tops[0], torch.ops.senet.axpy.default, scale, x, y,
+                 relu=bool(layer.fused_relu))

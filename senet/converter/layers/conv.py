@@ -90,3 +90,17 @@ class Convolution(LayerConverter):
         g.node("Conv", inputs, layer.tops, kernel_shape=list(spec.kernel),
                pads=list(spec.pad) * 2, strides=list(spec.stride),
                dilations=list(spec.dilation), group=spec.group)
+
+    def to_torch(self, layer, ctx):
+        from torch.nn import functional as F
+        n_spatial = len(ctx.shape(layer.bottoms[0])) - 2
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(n_spatial)
+        if conv is None:
+            raise ShapeError(f"{n_spatial}-D convolution has no torch emitter (1-D to 3-D)",
+                             layer=layer.name)
+        spec = conv_spec(layer, n_spatial)
+        weight = ctx.parameter("weight", layer.blobs[0])
+        bias = ctx.parameter("bias", layer.blobs[1]) if spec.bias else None
+        ctx.emit(layer.tops[0], conv, ctx.value(layer.bottoms[0]), weight, bias,
+                 stride=spec.stride, padding=spec.pad, dilation=spec.dilation,
+                 groups=spec.group)

@@ -47,6 +47,21 @@ class InnerProduct(LayerConverter):
         if bias:
             g.node("Add", [product, bias[0]], layer.tops)
 
+    def to_torch(self, layer, ctx):
+        import torch
+        from torch.nn import functional as F
+        p = layer.param.inner_product_param
+        shape = ctx.shape(layer.bottoms[0])
+        axis, _ = inner_product_fan_in(shape, p.axis, layer.name)
+        x = ctx.value(layer.bottoms[0])
+        if len(shape) > axis + 1:  # every axis from `axis` on is one input vector
+            x = ctx.op(torch.flatten, x, axis)
+        # F.linear multiplies by Wᵀ: Caffe's O×K layout as is, the transposed K×O one turned
+        weight = layer.blobs[0].T if p.transpose else layer.blobs[0]
+        weight = ctx.parameter("weight", weight)
+        bias = ctx.parameter("bias", layer.blobs[1]) if p.bias_term else None
+        ctx.emit(layer.tops[0], F.linear, x, weight, bias)
+
 
 @register("Softmax")
 class Softmax(LayerConverter):
@@ -58,3 +73,9 @@ class Softmax(LayerConverter):
         axis = canonical_axis(layer.param.softmax_param.axis, len(g.shape(layer.bottoms[0])),
                               layer.name)
         g.node("Softmax", layer.bottoms, layer.tops, axis=axis)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        axis = canonical_axis(layer.param.softmax_param.axis, len(ctx.shape(layer.bottoms[0])),
+                              layer.name)
+        ctx.emit(layer.tops[0], torch.softmax, ctx.value(layer.bottoms[0]), axis)

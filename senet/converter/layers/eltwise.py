@@ -51,3 +51,18 @@ class Eltwise(LayerConverter):
                 acc = out
             return
         g.node(op, inputs, layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        p = layer.param.eltwise_param
+        values = [ctx.value(b) for b in layer.bottoms]
+        if p.operation == p.SUM and p.coeff:
+            values = [v if c == 1 else ctx.op(torch.mul, v, ctx.scalar(c))
+                      for v, c in zip(values, p.coeff)]
+        combine = {p.SUM: torch.add, p.PROD: torch.mul, p.MAX: torch.maximum}[p.operation]
+        acc = values[0]
+        for i, v in enumerate(values[1:], 1):  # left to right, as Caffe accumulates
+            if i == len(values) - 1:
+                acc = ctx.emit(layer.tops[0], combine, acc, v)
+            else:
+                acc = ctx.op(combine, acc, v)

@@ -32,6 +32,13 @@ class BatchNorm(LayerConverter):
                 g.const(mean, layer.name + "/mean"), g.const(var, layer.name + "/var")],
                layer.tops, epsilon=eps)
 
+    def to_torch(self, layer, ctx):
+        from torch.nn import functional as F
+        mean, var = batchnorm_statistics(*layer.blobs[:3])
+        ctx.emit(layer.tops[0], F.batch_norm, ctx.value(layer.bottoms[0]),
+                 ctx.buffer("running_mean", mean), ctx.buffer("running_var", var),
+                 training=False, eps=ctx.scalar(layer.param.batch_norm_param.eps))
+
 
 class _Affine(LayerConverter):
     """Shared shape logic of Scale and Bias: the operand covers input axes from `axis` on."""
@@ -76,6 +83,25 @@ class _Affine(LayerConverter):
                 operand = expanded
         g.node(self.onnx_op, [x, operand], [out])
 
+    def _broadcast(self, layer, ctx):
+        in_shapes = [ctx.shape(b) for b in layer.bottoms]
+        axis, shape = self.operand_shape(layer, in_shapes)
+        return shape, broadcast_shape_for(shape, len(in_shapes[0]), axis)
+
+    def learned_operand(self, layer, ctx, blob, key: str):
+        """A learned blob registered as `key`, shaped to broadcast against bottom[0]."""
+        _, target = self._broadcast(layer, ctx)
+        return ctx.parameter(key, np.asarray(blob).reshape(target))
+
+    def bottom_operand(self, layer, ctx):
+        """bottom[1] with trailing axes added so that it broadcasts against bottom[0]."""
+        import torch
+        shape, target = self._broadcast(layer, ctx)
+        operand = ctx.value(layer.bottoms[1])
+        for _ in range(len(target) - len(shape)):
+            operand = ctx.op(torch.unsqueeze, operand, -1)
+        return operand
+
 
 @register("Scale")
 class Scale(_Affine):
@@ -105,6 +131,19 @@ class Scale(_Affine):
             g.node("Add", [scaled, g.const(np.asarray(bias).reshape(target), layer.name + "/bias")],
                    layer.tops)
 
+    def to_torch(self, layer, ctx):
+        import torch
+        x = ctx.value(layer.bottoms[0])
+        learned = len(layer.bottoms) == 1
+        factor = (self.learned_operand(layer, ctx, layer.blobs[0], "weight") if learned
+                  else self.bottom_operand(layer, ctx))
+        if not layer.param.scale_param.bias_term:
+            ctx.emit(layer.tops[0], torch.mul, x, factor)
+            return
+        scaled = ctx.op(torch.mul, x, factor)
+        bias = self.learned_operand(layer, ctx, layer.blobs[1 if learned else 0], "bias")
+        ctx.emit(layer.tops[0], torch.add, scaled, bias)
+
 
 @register("Bias")
 class Bias(_Affine):
@@ -124,6 +163,12 @@ class Bias(_Affine):
         learned = len(layer.bottoms) == 1
         operand = layer.blobs[0] if learned else layer.bottoms[1]
         self.emit(layer, g, layer.bottoms[0], operand, layer.tops[0], axis, shape, learned)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        operand = (self.learned_operand(layer, ctx, layer.blobs[0], "bias")
+                   if len(layer.bottoms) == 1 else self.bottom_operand(layer, ctx))
+        ctx.emit(layer.tops[0], torch.add, ctx.value(layer.bottoms[0]), operand)
 
 
 @register("LRN")
@@ -160,3 +205,21 @@ class LRN(LayerConverter):
         g.node("Pow", [shifted, g.const(np.array(-p.beta, np.float32), name + "/beta")],
                [powered])
         g.node("Mul", [x, powered], layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        from torch.nn import functional as F
+        p = layer.param.lrn_param
+        x = ctx.value(layer.bottoms[0])
+        size = int(p.local_size)
+        alpha, beta = ctx.scalar(p.alpha), ctx.scalar(p.beta)
+        if p.norm_region == p.ACROSS_CHANNELS:
+            # x / (k + alpha/size · Σ x² over `size` channels centred on each)^beta
+            ctx.emit(layer.tops[0], F.local_response_norm, x, size, alpha=alpha, beta=beta,
+                     k=ctx.scalar(p.k))
+            return
+        # WITHIN_CHANNEL, as Caffe composes it (see to_onnx)
+        pooled = ctx.op(F.avg_pool2d, ctx.op(torch.mul, x, x), size, stride=1,
+                        padding=(size - 1) // 2, count_include_pad=True)
+        shifted = ctx.op(torch.add, ctx.op(torch.mul, pooled, alpha), 1.0)
+        ctx.emit(layer.tops[0], torch.mul, x, ctx.op(torch.pow, shifted, -beta))

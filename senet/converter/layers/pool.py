@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from senet.converter.layers import LayerConverter, register
-from senet.converter.semantics import PoolGeometry, pool_geometry
+from senet.converter.semantics import PoolGeometry, ave_pool_divisors, pool_geometry
 from senet.errors import ShapeError
 
 
@@ -39,6 +41,20 @@ def pool_geometries(layer, in_shape) -> tuple[PoolGeometry, PoolGeometry]:
         raise ShapeError(f"input {list(in_shape)} is smaller than the pooling kernel",
                          layer=layer.name)
     return geoms
+
+
+def covers_input(g: PoolGeometry) -> bool:
+    """One unpadded window over the whole axis (global pooling, or a kernel as large as the
+    input such as SE-ResNet's final 7×7 AVE pooling)."""
+    return g.output == 1 and g.pad == 0 and g.kernel == g.input_extent
+
+
+def torch_ceil_output(g: PoolGeometry, pad: int) -> int:
+    """PyTorch's ceil_mode output length for g's kernel and stride with `pad` on both sides
+    (PyTorch drops a last window starting past input + pad whether or not there is padding;
+    Caffe only when the layer is padded)."""
+    out = -(-(g.input_extent + 2 * pad - g.kernel) // g.stride) + 1
+    return out - 1 if (out - 1) * g.stride >= g.input_extent + pad else out
 
 
 @register("Pooling")
@@ -76,3 +92,66 @@ class Pooling(LayerConverter):
         g.node("AveragePool", [x], layer.tops, kernel_shape=kernel, strides=strides,
                pads=[0, 0, max(0, gh.pad_end - gh.pad), max(0, gw.pad_end - gw.pad)],
                count_include_pad=0)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        p = layer.param.pooling_param
+        x = ctx.value(layer.bottoms[0])
+        gh, gw = pool_geometries(layer, ctx.shape(layer.bottoms[0]))
+        top = layer.tops[0]
+        if covers_input(gh) and covers_input(gw):
+            if p.pool == p.MAX:
+                ctx.emit(top, torch.amax, x, dim=(2, 3), keepdim=True)
+            else:  # the SE block's squeeze
+                ctx.emit(top, torch.ops.senet.global_avg_pool.default, x)
+            return
+        if p.pool == p.MAX:
+            self._max_to_torch(ctx, top, x, gh, gw)
+        else:
+            self._ave_to_torch(ctx, layer, top, x, gh, gw)
+
+    @staticmethod
+    def _max_to_torch(ctx, top, x, gh, gw):
+        from torch.nn import functional as F
+        kernel, stride = (gh.kernel, gw.kernel), (gh.stride, gw.stride)
+        if all(2 * g.pad <= g.kernel and torch_ceil_output(g, g.pad) == g.output
+               for g in (gh, gw)):
+            # PyTorch's own ceil mode clips windows as Caffe does here; padding never wins
+            ctx.emit(top, F.max_pool2d, x, kernel, stride, padding=(gh.pad, gw.pad),
+                     ceil_mode=True)
+            return
+        # -inf padding made explicit: floor-mode windows then are Caffe's clipped ones
+        if gh.pad or gw.pad or gh.pad_end or gw.pad_end:
+            x = ctx.op(F.pad, x, (gw.pad, gw.pad_end, gh.pad, gh.pad_end), value=float("-inf"))
+        ctx.emit(top, F.max_pool2d, x, kernel, stride)
+
+    @staticmethod
+    def _ave_to_torch(ctx, layer, top, x, gh, gw):
+        from torch.nn import functional as F
+        kernel, stride = (gh.kernel, gw.kernel), (gh.stride, gw.stride)
+        full = bool(np.all(ave_pool_divisors(gh, gw) == gh.kernel * gw.kernel))
+        if full and all(2 * g.pad <= g.kernel and
+                        (g.input_extent + 2 * g.pad - g.kernel) // g.stride + 1 == g.output
+                        for g in (gh, gw)):
+            # every window counts kernel cells, padding included: PyTorch's floor mode
+            ctx.emit(top, F.avg_pool2d, x, kernel, stride, padding=(gh.pad, gw.pad),
+                     count_include_pad=True)
+            return
+        # Caffe divides by the window clipped to the padded input: zero padding made explicit
+        # (counted), then ceil mode over it without implicit padding (overhang not counted).
+        outputs = [torch_ceil_output(g, 0) for g in (
+            PoolGeometry(g.kernel, g.stride, 0, g.output, g.input_extent + 2 * g.pad)
+            for g in (gh, gw))]
+        if outputs[0] < gh.output or outputs[1] < gw.output:
+            raise ShapeError("AVE pooling whose last window starts past the input has no "
+                             "torch emitter", layer=layer.name)
+        if gh.pad or gw.pad:
+            x = ctx.op(F.pad, x, (gw.pad, gw.pad, gh.pad, gh.pad))
+        if outputs == [gh.output, gw.output]:
+            ctx.emit(top, F.avg_pool2d, x, kernel, stride, ceil_mode=True,
+                     count_include_pad=False)
+            return
+        # PyTorch keeps a last window that Caffe drops (it starts in the end padding)
+        pooled = ctx.op(F.avg_pool2d, x, kernel, stride, ceil_mode=True, count_include_pad=False)
+        ctx.emit(top, operator.getitem, pooled,
+                 (Ellipsis, slice(0, gh.output), slice(0, gw.output)))

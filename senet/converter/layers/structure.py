@@ -3,9 +3,11 @@ Permute."""
 
 from __future__ import annotations
 
+import operator
+
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    canonical_axis, flatten_output, reshape_output, slice_points,
+    canonical_axis, flatten_output, reshape_output, reshape_span, slice_points,
 )
 from senet.errors import ShapeError
 
@@ -20,6 +22,9 @@ class Input(LayerConverter):
     def to_onnx(self, layer, g):
         pass
 
+    def to_torch(self, layer, ctx):
+        pass
+
 
 @register("Split")
 class Split(LayerConverter):
@@ -28,6 +33,10 @@ class Split(LayerConverter):
     def to_onnx(self, layer, g):
         for top in layer.tops:
             g.node("Identity", layer.bottoms, [top])
+
+    def to_torch(self, layer, ctx):
+        for top in layer.tops:
+            ctx.define(top, ctx.value(layer.bottoms[0]))
 
 
 @register("Concat")
@@ -54,6 +63,11 @@ class Concat(LayerConverter):
     def to_onnx(self, layer, g):
         axis = self.axis(layer, len(g.shape(layer.bottoms[0])))
         g.node("Concat", layer.bottoms, layer.tops, axis=axis)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        axis = self.axis(layer, len(ctx.shape(layer.bottoms[0])))
+        ctx.emit(layer.tops[0], torch.cat, [ctx.value(b) for b in layer.bottoms], axis)
 
 
 @register("Slice")
@@ -83,6 +97,17 @@ class Slice(LayerConverter):
         g.node("Split", [layer.bottoms[0], g.ints(sizes, layer.name + "/sizes")], layer.tops,
                axis=axis)
 
+    def to_torch(self, layer, ctx):
+        import torch
+        axis, sizes = self.geometry(layer, ctx.shape(layer.bottoms[0]))
+        x = ctx.value(layer.bottoms[0])
+        if len(sizes) == 1:
+            ctx.define(layer.tops[0], x)
+            return
+        parts = ctx.op(torch.split, x, sizes, axis)
+        for i, top in enumerate(layer.tops):
+            ctx.emit(top, operator.getitem, parts, i)
+
 
 def _keeps_batch(in_shape, out_shape, copied_first: bool) -> bool:
     return copied_first and len(out_shape) > 0 and out_shape[0] == in_shape[0]
@@ -106,6 +131,23 @@ class Reshape(LayerConverter):
             out[0] = 0  # ONNX 0 copies the input dim: the batch stays dynamic
         g.node("Reshape", [layer.bottoms[0], g.ints(out, layer.name + "/shape")], layer.tops)
 
+    def to_torch(self, layer, ctx):
+        import torch
+        in_shape = ctx.shape(layer.bottoms[0])
+        target = list(self.output(layer, in_shape))
+        p = layer.param.reshape_param
+        dims = list(p.shape.dim)
+        start, _ = reshape_span(in_shape, p.axis, p.num_axes, layer.name)
+        # Caffe's rule at run time, so any batch works as it would in Caffe: the -1 stays
+        # inferred and a copied batch axis stays the input's batch.
+        inferred = -1 in dims
+        if inferred:
+            target[start + dims.index(-1)] = -1
+        x = ctx.value(layer.bottoms[0])
+        if start > 0 or (dims and dims[0] == 0):
+            target[0] = ctx.method("size", x, 0) if inferred else -1
+        ctx.emit(layer.tops[0], torch.reshape, x, tuple(target))
+
 
 @register("Flatten")
 class Flatten(LayerConverter):
@@ -123,6 +165,15 @@ class Flatten(LayerConverter):
         if axis > 0:
             out[0] = 0
         g.node("Reshape", [layer.bottoms[0], g.ints(out, layer.name + "/shape")], layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        p = layer.param.flatten_param
+        ndim = len(ctx.shape(layer.bottoms[0]))
+        self.output(layer, ctx.shape(layer.bottoms[0]))  # checks the axes
+        ctx.emit(layer.tops[0], torch.flatten, ctx.value(layer.bottoms[0]),
+                 canonical_axis(p.axis, ndim, layer.name),
+                 canonical_axis(p.end_axis, ndim, layer.name))
 
 
 @register("Permute")
@@ -143,3 +194,8 @@ class Permute(LayerConverter):
     def to_onnx(self, layer, g):
         order = self.order(layer, len(g.shape(layer.bottoms[0])))
         g.node("Transpose", layer.bottoms, layer.tops, perm=order)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        order = self.order(layer, len(ctx.shape(layer.bottoms[0])))
+        ctx.emit(layer.tops[0], torch.permute, ctx.value(layer.bottoms[0]), order)
