@@ -7,6 +7,7 @@ stderr (``senet-convert: error: ...``); --debug shows the traceback instead.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 import sys
 import threading
 from pathlib import Path
@@ -91,8 +92,9 @@ class _BackgroundSha256:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--prototxt", type=click.Path(dir_okay=False),
               help="Deploy or TEST prototxt; without it the net stored in MODEL is used.")
-@click.option("--to", "target", type=click.Choice(["onnx"]), default=None,
-              help="Output format.")
+@click.option("--to", "target", type=click.Choice(["onnx", "torch", "safetensors", "timm"]),
+              default=None, help="Output format: ONNX; a torch.export program (.pt2); weights "
+              "and graph for senet.load (.safetensors); a timm legacy-SENet checkpoint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Output file (default: MODEL's name with the format's suffix, here).")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
@@ -102,15 +104,25 @@ class _BackgroundSha256:
               "or 1,3,224,224 for a net stored with a data layer).")
 @click.option("--allow-unknown-fields", is_flag=True,
               help="Skip prototxt fields senet's schema lacks (with a warning).")
+@click.option("--no-fold", is_flag=True,
+              help="torch/safetensors: keep BatchNorm and Scale layers (default: folded into "
+                   "the preceding convolution).")
+@click.option("--timm-exact", is_flag=True,
+              help="timm: flip to RGB only and record Caffe's own mean/std in the "
+                   "pretrained_cfg, so timm reproduces Caffe's input exactly.")
+@click.option("--model", "model_name", default=None,
+              help="Require the file to be this published model (name or alias); a mismatch "
+                   "names the first layer that differs.")
 @click.option("--inspect", is_flag=True, help="Print layers, blob shapes and parameter count.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
-                 allow_unknown_fields, inspect, quiet, debug):
+                 allow_unknown_fields, no_fold, timm_exact, model_name, inspect, quiet, debug):
     """Convert a Caffe MODEL (.caffemodel) exactly, without Caffe."""
     try:
-        _convert(model, prototxt, target, output, opset, outputs, input_shape,
-                 allow_unknown_fields, inspect, quiet)
+        options = ConvertOptions(target, output, opset, outputs, not no_fold, timm_exact,
+                                 model_name)
+        _convert(model, prototxt, options, input_shape, allow_unknown_fields, inspect, quiet)
     except SenetError as error:
         _fail("senet-convert", error, debug)
     except Exception as error:  # a bug in senet, not the user's input: still no traceback
@@ -124,34 +136,88 @@ def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
         sys.exit(130)
 
 
-def _convert(model, prototxt, target, output, opset, outputs, input_shape,
-             allow_unknown_fields, inspect, quiet):
-    if not inspect and target is None:
-        raise UsageError("say what to do: --to onnx, or --inspect")
+@dataclass(frozen=True)
+class ConvertOptions:
+    target: str | None
+    output: str | None
+    opset: int | None
+    outputs: str | None
+    fold: bool
+    timm_exact: bool
+    model_name: str | None
+
+    def requested_outputs(self) -> list[str] | None:
+        if not self.outputs:
+            return None
+        return [o.strip() for o in self.outputs.split(",") if o.strip()]
+
+
+_SUFFIXES = {"onnx": ".onnx", "torch": ".pt2", "safetensors": ".safetensors",
+             "timm": ".timm.safetensors"}
+
+
+def _convert(model, prototxt, options: ConvertOptions, input_shape, allow_unknown_fields,
+             inspect, quiet):
+    if not inspect and options.target is None:
+        raise UsageError("say what to do: --to onnx|torch|safetensors|timm, or --inspect")
+    if options.timm_exact and options.target != "timm":
+        raise UsageError("--timm-exact applies to --to timm")
     source_sha256 = None if inspect else _BackgroundSha256(model)  # before the slow imports
     from senet.converter.load import load_net
+    from senet.manifest import check_architecture, lookup, recognise
     from senet.progress import Progress
 
+    expected = lookup(options.model_name) if options.model_name else None
     progress = Progress(quiet=quiet or inspect)
     progress.step(f"reading {model}" + (f" with {prototxt}" if prototxt else ""))
     net = load_net(model, prototxt, _parse_shape(input_shape), allow_unknown_fields,
                    warn=lambda message: click.echo(f"senet-convert: warning: {message}",
                                                    err=True))
-    from senet.manifest import recognise
+    if expected is not None:
+        check_architecture(net, expected)
     recognised = recognise(net)
     if inspect:
         click.echo(describe(net, recognised))
         return
+    destination = Path(options.output) if options.output else Path(
+        Path(model).stem + _SUFFIXES[options.target])
+    if options.target == "onnx":
+        _write_onnx(net, destination, options, progress,
+                    lambda: _metadata(model, prototxt, recognised, source_sha256.result()))
+    else:
+        _write_torch_format(net, destination, options, progress)
+    progress.step("done")
+
+
+def _write_onnx(net, destination, options, progress, metadata):
     from senet.converter.to_onnx import DEFAULT_OPSET, build_graph, write_model
-    requested = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
+
     progress.step(f"building ONNX graph ({len(net.layers)} layers)")
-    onnx_model, initializers = build_graph(net, requested, opset or DEFAULT_OPSET)
-    destination = Path(output) if output else Path(Path(model).stem + ".onnx")
+    onnx_model, initializers = build_graph(net, options.requested_outputs(),
+                                           options.opset or DEFAULT_OPSET)
     progress.step(f"writing {destination}")
     write_model(destination, onnx_model, initializers, progress.bar("weights"),
-                source=net.weight_file,
-                metadata=lambda: _metadata(model, prototxt, recognised, source_sha256.result()))
-    progress.step("done")
+                source=net.weight_file, metadata=metadata)
+
+
+def _write_torch_format(net, destination, options, progress):
+    if options.opset is not None:
+        raise UsageError("--opset applies to --to onnx")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--to {options.target} needs PyTorch: pip install 'senet[torch]'") \
+            from None
+    progress.step(f"writing {destination}")
+    if options.target == "timm":
+        if options.outputs or not options.fold:
+            raise UsageError("--outputs and --no-fold do not apply to --to timm")
+        from senet.converter.to_timm import export_timm
+        export_timm(net, destination, exact=options.timm_exact)
+        return
+    from senet.converter.torch_io import export_pt2, save_safetensors
+    write = export_pt2 if options.target == "torch" else save_safetensors
+    write(net, destination, options.requested_outputs(), fold=options.fold)
 
 
 def _metadata(model, prototxt, recognised, source_sha256: str) -> dict[str, str]:
@@ -161,21 +227,29 @@ def _metadata(model, prototxt, recognised, source_sha256: str) -> dict[str, str]
         meta["prototxt_sha256"] = _sha256(prototxt)
     if recognised is not None:
         pre = recognised.preprocessing
+        scaled = "no std" if pre.scale == 1 else f"then multiplied by {pre.scale}"
         meta.update({
             "recognised_model": recognised.name,
-            "preprocessing": (f"{pre.color}, 0-255, mean {list(pre.mean)} subtracted, no std, "
+            "preprocessing": (f"{pre.color}, 0-255, mean {list(pre.mean)} subtracted, {scaled}, "
                               f"shorter side {pre.resize_shorter} ({pre.interpolation}), "
                               f"centre crop {pre.crop}"),
             "input_size": f"{recognised.input_shape[2]}x{recognised.input_shape[3]}",
             "channel_order": pre.color,
             "mean": ",".join(str(m) for m in pre.mean),
-            "class_order": ("ILSVRC2012 devkit order (output k = devkit ILSVRC2012_ID k+1), "
-                            "not sorted-WNID order" if recognised.class_order == "devkit"
-                            else recognised.class_order),
+            "class_order": _class_order_text(recognised),
         })
     else:
         meta["recognised_model"] = "none"
     return meta
+
+
+def _class_order_text(entry) -> str:
+    if entry.class_order == "devkit":
+        return ("ILSVRC2012 devkit order (output k = devkit ILSVRC2012_ID k+1), "
+                "not sorted-WNID order")
+    if entry.classes:
+        return "explicit: " + ",".join(entry.classes)
+    return entry.class_order
 
 
 def describe(net, recognised) -> str:
