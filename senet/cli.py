@@ -6,7 +6,6 @@ stderr (``senet-convert: error: ...``); --debug shows the traceback instead.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import click
 
 from senet.errors import SenetError, UsageError
+from senet.files import sha256_file
 
 
 def _fail(prog: str, error: SenetError, debug: bool):
@@ -53,18 +53,6 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def _sha256(path: str) -> str:
-    """SHA-256 of a file, read through one reused 4 MiB buffer (hashlib releases the GIL for
-    each chunk; mapping the file instead would add its size to this process's memory)."""
-    h = hashlib.sha256()
-    buffer = bytearray(1 << 22)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 class _BackgroundSha256:
     """SHA-256 of a file computed on another core while the model is read and converted
     (hashlib releases the GIL): hashing a 440 MB model takes about as long as converting it,
@@ -78,13 +66,13 @@ class _BackgroundSha256:
 
     def _run(self) -> None:
         try:
-            self._digest = _sha256(self._path)
+            self._digest = sha256_file(self._path)
         except Exception:  # unreadable: result() retries in the caller, which reports it
             pass
 
     def result(self) -> str:
         self._thread.join()
-        return self._digest if self._digest is not None else _sha256(self._path)
+        return self._digest if self._digest is not None else sha256_file(self._path)
 
 
 @click.command(cls=_OneLineUsageErrors,
@@ -224,7 +212,7 @@ def _metadata(model, prototxt, recognised, source_sha256: str) -> dict[str, str]
     meta = {"source_file": Path(model).name, "source_sha256": source_sha256,
             "converter": "senet"}
     if prototxt:
-        meta["prototxt_sha256"] = _sha256(prototxt)
+        meta["prototxt_sha256"] = sha256_file(prototxt)
     if recognised is not None:
         pre = recognised.preprocessing
         scaled = "no std" if pre.scale == 1 else f"then multiplied by {pre.scale}"

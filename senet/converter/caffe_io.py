@@ -22,10 +22,9 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from senet.converter import caffe_pb2 as pb
+from senet.converter.protowire import I32, I64, LEN, VARINT, encode_varint, field_key
 from senet.errors import CaffeFormatError
 
-# Wire types (protobuf encoding).
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 # Field numbers we walk by hand (Caffe's caffe.proto).
 _NET_LAYER, _NET_LAYERS_V1 = 100, 2
@@ -107,11 +106,11 @@ def _fields(buf, start: int, end: int, where: str):
         if number == 0:
             raise CaffeFormatError(f"invalid field number 0 at byte {pos}", where=where,
                                    hint="not a protobuf message")
-        if wire == _VARINT:
+        if wire == VARINT:
             value, new = _read_varint(buf, pos, end, where)
             yield number, wire, pos, new, value
             pos = new
-        elif wire == _LEN:
+        elif wire == LEN:
             length, vstart = _read_varint(buf, pos, end, where)
             vend = vstart + length
             if vend > end:
@@ -120,8 +119,8 @@ def _fields(buf, start: int, end: int, where: str):
                     f"{end - vstart} remain", where=where, hint="the file is truncated")
             yield number, wire, vstart, vend, None
             pos = vend
-        elif wire == _I64 or wire == _I32:
-            size = 8 if wire == _I64 else 4
+        elif wire == I64 or wire == I32:
+            size = 8 if wire == I64 else 4
             if pos + size > end:
                 raise CaffeFormatError(f"truncated fixed-size field at byte {pos}", where=where)
             yield number, wire, pos, pos + size, None
@@ -140,25 +139,25 @@ def _decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, boo
     raw_type = None
     raw = None
     for number, wire, vs, ve, value in _fields(buf, start, end, where):
-        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == _VARINT:
+        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == VARINT:
             legacy[number - 1] = _as_int32(value)
-        elif number == _BLOB_SHAPE and wire == _LEN:
+        elif number == _BLOB_SHAPE and wire == LEN:
             shape = _decode_shape(buf, vs, ve, where)
-        elif number == _BLOB_DATA and wire == _LEN:
+        elif number == _BLOB_DATA and wire == LEN:
             if (ve - vs) % 4:
                 raise CaffeFormatError(f"blob float data of {ve - vs} bytes is not a multiple of 4",
                                        where=where)
             data = np.frombuffer(buf, dtype="<f4", count=(ve - vs) // 4, offset=vs)
-        elif number == _BLOB_DATA and wire == _I32:
+        elif number == _BLOB_DATA and wire == I32:
             loose_floats.append((vs, ve))
-        elif number == _BLOB_DOUBLE_DATA and wire == _LEN:
+        elif number == _BLOB_DOUBLE_DATA and wire == LEN:
             if (ve - vs) % 8:
                 raise CaffeFormatError("blob double data length is not a multiple of 8",
                                        where=where)
             data = np.frombuffer(buf, dtype="<f8", count=(ve - vs) // 8, offset=vs)
-        elif number == _BLOB_RAW_TYPE and wire == _VARINT:
+        elif number == _BLOB_RAW_TYPE and wire == VARINT:
             raw_type = value
-        elif number == _BLOB_RAW_DATA and wire == _LEN:
+        elif number == _BLOB_RAW_DATA and wire == LEN:
             raw = (vs, ve)
     if loose_floats:  # unpacked encoding: legal protobuf, rare in practice
         data = np.array([struct.unpack_from("<f", buf, s)[0] for s, _ in loose_floats], "<f4")
@@ -193,9 +192,9 @@ def _decode_shape(buf, start, end, where) -> list[int]:
     for number, wire, vs, ve, value in _fields(buf, start, end, where):
         if number != 1:
             continue
-        if wire == _VARINT:
+        if wire == VARINT:
             dims.append(_as_int64(value))
-        elif wire == _LEN:
+        elif wire == LEN:
             pos = vs
             while pos < ve:
                 v, pos = _read_varint(buf, pos, ve, where)
@@ -233,10 +232,10 @@ def _split_message(buf, start, end, blob_field, where):
     nested_v0 = None
     pos = start
     for number, wire, vs, ve, _ in _fields(buf, start, end, where):
-        if number == blob_field and wire == _LEN:
+        if number == blob_field and wire == LEN:
             blob_spans.append((vs, ve))
         else:
-            if blob_field == _V1_BLOBS and number == _V1_V0LAYER and wire == _LEN:
+            if blob_field == _V1_BLOBS and number == _V1_V0LAYER and wire == LEN:
                 nested_v0 = (vs, ve)
             kept += buf[pos:ve]
         pos = ve
@@ -273,10 +272,10 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     formats = set()
     pos = 0
     for number, wire, vs, ve, _ in _fields(buf, 0, len(buf), path):
-        if number == _NET_LAYER and wire == _LEN:
+        if number == _NET_LAYER and wire == LEN:
             formats.add("V2")
             layers.append(_read_layer(buf, vs, ve, path, len(layers)))
-        elif number == _NET_LAYERS_V1 and wire == _LEN:
+        elif number == _NET_LAYERS_V1 and wire == LEN:
             layers.append(_read_v1_layer(buf, vs, ve, path, len(layers), formats))
         else:
             net_rest += buf[pos:ve]
@@ -506,24 +505,6 @@ def _blob_from_message(blob: pb.BlobProto, where: str) -> tuple[np.ndarray, bool
 
 # ----------------------------------------------------------------------------- writing
 
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(number: int, wire: int) -> bytes:
-    return _varint((number << 3) | wire)
-
-
 def encode_blob(array: np.ndarray, legacy_4d: bool = False) -> list[bytes]:
     """BlobProto bytes for an array, as chunks (the float payload is not copied into a new
     buffer beyond one little-endian float32 conversion)."""
@@ -534,13 +515,13 @@ def encode_blob(array: np.ndarray, legacy_4d: bool = False) -> list[bytes]:
         if len(dims) != 4:
             raise ValueError("legacy blobs are at most 4-D")
         for number, d in zip((_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH), dims):
-            header += _key(number, _VARINT) + _varint(int(d))
+            header += field_key(number, VARINT) + encode_varint(int(d))
     else:
-        packed = b"".join(_varint(int(d)) for d in data.shape)
-        shape_msg = _key(1, _LEN) + _varint(len(packed)) + packed if data.ndim else b""
-        header += _key(_BLOB_SHAPE, _LEN) + _varint(len(shape_msg)) + shape_msg
+        packed = b"".join(encode_varint(int(d)) for d in data.shape)
+        shape_msg = field_key(1, LEN) + encode_varint(len(packed)) + packed if data.ndim else b""
+        header += field_key(_BLOB_SHAPE, LEN) + encode_varint(len(shape_msg)) + shape_msg
     payload = memoryview(data).cast("B")
-    header += _key(_BLOB_DATA, _LEN) + _varint(payload.nbytes)
+    header += field_key(_BLOB_DATA, LEN) + encode_varint(payload.nbytes)
     return [bytes(header), payload]
 
 
@@ -566,10 +547,10 @@ def write_caffemodel(path: str | os.PathLike, net: pb.NetParameter,
             for array in blobs.get(entry.name, []):
                 blob_chunks = encode_blob(array, legacy_4d=legacy_blobs)
                 size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in blob_chunks)
-                chunks.append(_key(blob_field, _LEN) + _varint(size))
+                chunks.append(field_key(blob_field, LEN) + encode_varint(size))
                 chunks.extend(blob_chunks)
             total = len(body) + sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
-            out.write(_key(number, _LEN) + _varint(total))
+            out.write(field_key(number, LEN) + encode_varint(total))
             out.write(body)
             for c in chunks:
                 out.write(c)

@@ -8,7 +8,6 @@ a 440 MB model needs no second and third copy of the weights in memory.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,9 @@ from onnx import TensorProto, helper
 
 from senet.converter.graph import CaffeNet
 from senet.converter.layers import converter_for
-from senet.errors import ConversionError, UsageError
+from senet.converter.protowire import len_field
+from senet.errors import UsageError
+from senet.files import atomic_output
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Split/Unsqueeze/Softmax with the signatures the emitters use
@@ -96,22 +97,6 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------- streaming write
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _len_field(number: int, length: int) -> bytes:
-    return _varint((number << 3) | 2) + _varint(length)
-
-
 _ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
 _GRAPH_FIELD, _INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9
 
@@ -120,13 +105,7 @@ def _tensor_chunks(name: str, array: np.ndarray) -> tuple[bytes, memoryview]:
     header = TensorProto(name=name, data_type=_ONNX_TYPES[array.dtype], dims=list(array.shape))
     data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     payload = memoryview(data).cast("B")
-    return header.SerializeToString() + _len_field(_RAW_DATA_FIELD, payload.nbytes), payload
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return header.SerializeToString() + len_field(_RAW_DATA_FIELD, payload.nbytes), payload
 
 
 def _write_all(fd: int, data) -> None:
@@ -175,44 +154,27 @@ def write_model(path: str | os.PathLike, model: onnx.ModelProto,
     graph_bytes = graph.SerializeToString()
     tensors = [_tensor_chunks(name, arr) for name, arr in initializers.items()]
     graph_len = len(graph_bytes) + sum(
-        len(_len_field(_INITIALIZER_FIELD, len(h) + p.nbytes)) + len(h) + p.nbytes
+        len(len_field(_INITIALIZER_FIELD, len(h) + p.nbytes)) + len(h) + p.nbytes
         for h, p in tensors)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise ConversionError(f"cannot write to {folder}: {exc.strerror}", where=str(path)) from None
-    src_fd = None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is for sharing
-        if source is not None:
-            src_fd = os.open(source.path, os.O_RDONLY)
-        _write_all(fd, head.SerializeToString() + _len_field(_GRAPH_FIELD, graph_len)
-                   + graph_bytes)
-        for k, ((header, payload), array) in enumerate(zip(tensors, initializers.values())):
-            _write_all(fd, _len_field(_INITIALIZER_FIELD, len(header) + payload.nbytes) + header)
-            offset = source.offset_of(array) if source is not None else None
-            if offset is None or not _copy_from_file(src_fd, offset, payload.nbytes, fd):
-                _write_all(fd, payload)
-            if progress:
-                progress(k + 1, len(tensors))
-        if metadata is not None:
-            trailer = onnx.ModelProto()
-            set_metadata(trailer, metadata())
-            _write_all(fd, trailer.SerializeToString())
-        os.close(fd)
-        fd = None
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if fd is not None:
-            os.close(fd)
+    with atomic_output(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY)
+        src_fd = os.open(source.path, os.O_RDONLY) if source is not None else None
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ConversionError(f"cannot write: {exc.strerror}", where=str(path)) from None
-        raise
-    finally:
-        if src_fd is not None:
-            os.close(src_fd)
+            _write_all(fd, head.SerializeToString() + len_field(_GRAPH_FIELD, graph_len)
+                       + graph_bytes)
+            for k, ((header, payload), array) in enumerate(zip(tensors, initializers.values())):
+                _write_all(fd, len_field(_INITIALIZER_FIELD, len(header) + payload.nbytes)
+                           + header)
+                offset = source.offset_of(array) if source is not None else None
+                if offset is None or not _copy_from_file(src_fd, offset, payload.nbytes, fd):
+                    _write_all(fd, payload)
+                if progress:
+                    progress(k + 1, len(tensors))
+            if metadata is not None:
+                trailer = onnx.ModelProto()
+                set_metadata(trailer, metadata())
+                _write_all(fd, trailer.SerializeToString())
+        finally:
+            os.close(fd)
+            if src_fd is not None:
+                os.close(src_fd)

@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from senet.converter.graph import CaffeNet, Layer
 from senet.converter.semantics import batchnorm_statistics
 from senet.errors import ConversionError
+from senet.files import atomic_output
 
 TIMM_BN_EPS = 1e-5
 TIMM_MEAN = (0.485, 0.456, 0.406)  # RGB, timm's IMAGENET_DEFAULT_MEAN
@@ -363,27 +362,6 @@ def export_timm(net: CaffeNet, path: str | os.PathLike, exact: bool = False) -> 
         "class_order": "sorted",
         "input": "caffe-exact" if exact else "timm-imagenet",
     }
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise ConversionError(f"cannot write to {folder}: {exc.strerror}",
-                              where=str(path)) from None
-    try:
-        os.close(fd)
+    with atomic_output(path) as tmp:
         save_file(state, tmp, metadata=metadata)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a checkpoint is for sharing
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ConversionError(f"cannot write the checkpoint: {exc.strerror or exc}",
-                                  where=str(path)) from None
-        raise
     return cfg

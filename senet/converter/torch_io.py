@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,39 +16,10 @@ from safetensors.torch import save_file
 from senet.converter.graph import CaffeNet
 from senet.converter.spec import net_from_spec, net_to_spec
 from senet.converter.to_torch import build_module, identifier, prepare, to_torch
-from senet.errors import ConversionError, ModelFileError, ShapeError
+from senet.errors import ModelFileError, ShapeError
+from senet.files import atomic_output
 
 GRAPH_KEY = "senet.graph"  # safetensors metadata entry holding the JSON graph spec
-
-
-@contextmanager
-def _atomic(path: str | os.PathLike):
-    """Yields a temporary path beside `path`; renamed to `path` when the block completes,
-    removed when it fails."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        # the suffix keeps the extension: torch.export.save warns about other names
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
-                                   dir=folder)
-    except OSError as exc:
-        raise ConversionError(f"cannot write to {folder}: {exc.strerror}",
-                              where=str(path)) from None
-    os.close(fd)
-    try:
-        yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a model file is for sharing
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ConversionError(f"cannot write: {exc.strerror}", where=str(path)) from None
-        raise
 
 
 def export_program(net: CaffeNet, outputs: list[str] | None = None, fold: bool = True,
@@ -78,7 +46,7 @@ def export_pt2(net: CaffeNet, path: str | os.PathLike, outputs: list[str] | None
     program = export_program(net, outputs, fold, example_batch)
     names = {"inputs": list(net.inputs),
              "outputs": [public for public, _ in net.output_pairs(outputs)]}
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         torch.export.save(program, tmp, extra_files={"senet.json": json.dumps(names)})
 
 
@@ -91,7 +59,7 @@ def save_safetensors(net: CaffeNet, path: str | os.PathLike, outputs: list[str] 
     module = build_module(prepared, outputs)
     tensors = {key: value.contiguous() for key, value in module.state_dict().items()}
     metadata = {"format": "pt", GRAPH_KEY: json.dumps(net_to_spec(prepared, outputs))}
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
 
 

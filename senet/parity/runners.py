@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from senet.errors import SenetError, UsageError
+from senet.files import sha256_file
 
 WEIGHT_SUFFIXES = {".caffemodel": "caffemodel", ".onnx": "onnx", ".pt2": "pt2"}
 BACKENDS = ("onnxruntime", "torch")
@@ -42,23 +43,13 @@ def file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     if key in memo:
         return memo[key]
     try:
-        digest = _hash_file(path)
+        digest = sha256_file(path)
     except OSError as exc:
         raise UsageError(f"cannot read: {exc.strerror}", where=str(path)) from None
     if memo_path:
         memo[key] = digest
         _write_json(memo_path, memo)
     return digest
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buffer = bytearray(1 << 22)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def sha256_text(text: str) -> str:

@@ -3,7 +3,6 @@ of Caffe's semantics (tests/reference), on small nets with seeded weights."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tests.converter.harness import check_net

@@ -167,7 +167,7 @@ def test_sha256_is_remembered(tmp_path, monkeypatch):
 
     def no_hashing(path):
         raise AssertionError("hashed again")
-    monkeypatch.setattr(runners, "_hash_file", no_hashing)
+    monkeypatch.setattr(runners, "sha256_file", no_hashing)
     assert file_sha256(data, tmp_path / "cache") == known
 
 

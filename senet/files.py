@@ -1,0 +1,56 @@
+"""Writing and hashing files: what every output format and the parity runner share."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from senet.errors import ConversionError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read through one reused 4 MiB buffer (hashlib releases the GIL for
+    each chunk; mapping the file instead would add its size to this process's memory)."""
+    h = hashlib.sha256()
+    buffer = bytearray(1 << 22)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary path beside `path`, renamed to `path` (with the usual 0666-minus-umask
+    mode) when the block completes and removed when it fails: no partial output is ever left.
+    OSErrors become one-line ConversionErrors naming the file."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        # the suffix keeps the extension: torch.export.save warns about other names
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
+                                   dir=folder)
+    except OSError as exc:
+        raise ConversionError(f"cannot write to {folder}: {exc.strerror or exc}",
+                              where=str(path)) from None
+    os.close(fd)
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a model file is for sharing
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ConversionError(f"cannot write: {exc.strerror or exc}",
+                                  where=str(path)) from None
+        raise
