@@ -1,12 +1,15 @@
 """Images/s of converted SENets beside timm's legacy models, same device, same run.
 
     python bench/gpu_models.py [--batch 64] [--device cuda] [--models se_resnet50,senet154]
+                               [--tf32 off|default] [--cudnn-benchmark]
 
 Called by bench/gpu_check.py. The converted models come from the deploy prototxts shipped in the
 package (random weights: throughput does not depend on values); timm's come from
 timm.create_model(<legacy name>) when timm is importable. Formats: eager fp32 NCHW, fp32
 channels_last, bf16 channels_last. `--tf32 off` makes fp32 convolutions true fp32; `default`
 keeps PyTorch's defaults (cuDNN convolutions in TF32), as ANCHORS.md's timm figures were taken.
+`--cudnn-benchmark` sets torch.backends.cudnn.benchmark = True (cuDNN times its algorithms per
+shape) for both implementations.
 """
 
 from __future__ import annotations
@@ -94,13 +97,16 @@ def check_against_cpu(module_factory, device: str) -> float:
     return float((got - expected).abs().max() / expected.abs().max())
 
 
-def bench_models(names, batch: int, device: str, iters: int, tf32: str = "off"
-                 ) -> list[list[str]]:
+def bench_models(names, batch: int, device: str, iters: int, tf32: str = "off",
+                 cudnn_benchmark: bool = False) -> list[list[str]]:
     if tf32 == "off":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     print(f"TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, "
-          f"cudnn {torch.backends.cudnn.allow_tf32}")
+          f"cudnn {torch.backends.cudnn.allow_tf32}; "
+          f"cudnn.benchmark {torch.backends.cudnn.benchmark}")
     rows = []
     for name in names:
         error = check_against_cpu(lambda: converted_module(name), device)
@@ -139,12 +145,15 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default="se_resnet50,senet154")
     parser.add_argument("--tf32", choices=["off", "default"], default="off")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark = True for both implementations")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_models: no CUDA device here")
         return 0
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
-    rows = bench_models(args.models.split(","), args.batch, args.device, args.iters, args.tf32)
+    rows = bench_models(args.models.split(","), args.batch, args.device, args.iters, args.tf32,
+                        args.cudnn_benchmark)
     print_rows(rows, args.batch)
     return 0
 
