@@ -8,6 +8,7 @@ Caffe semantics.  Modules:
 - ``caffemodel_wire`` protobuf wire-format reader for .caffemodel weights
 - ``caffe_forward``   the forward pass, layer by layer
 - ``random_weights``  seeded, data-dependent weights and inputs
+- ``timm_legacy``     timm's legacy SENet forward, re-implemented to check timm checkpoints
 """
 
 from pathlib import Path
