@@ -33,11 +33,13 @@ class _OneLineUsageErrors(click.Command):
     """click's own usage errors (bad option value, missing MODEL) as one line, exit status 2,
     like senet's, instead of click's three-line usage banner."""
 
+    prog = "senet-convert"
+
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as error:
-            click.echo(f"senet-convert: error: {_one_line(error.format_message())}", err=True)
+            click.echo(f"{self.prog}: error: {_one_line(error.format_message())}", err=True)
             sys.exit(2)
 
 
@@ -263,15 +265,8 @@ def describe(net, recognised) -> str:
 VERIFY = "senet-verify"
 
 
-class _VerifyUsageErrors(click.Command):
-    """click's own usage errors as one ``senet-verify: error:`` line, exit status 2."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.UsageError as error:
-            click.echo(f"{VERIFY}: error: {_one_line(error.format_message())}", err=True)
-            sys.exit(2)
+class _VerifyUsageErrors(_OneLineUsageErrors):
+    prog = VERIFY
 
 
 def _verify_exit_code(error: SenetError) -> int:
