@@ -7,7 +7,9 @@ import operator
 import numpy as np
 
 from senet.converter.layers import LayerConverter, register
-from senet.converter.semantics import PoolGeometry, ave_pool_divisors, pool_geometry
+from senet.converter.semantics import (
+    PoolGeometry, ave_pool_divisors, pool_geometry, pool_output_size,
+)
 from senet.errors import ShapeError
 
 
@@ -53,8 +55,8 @@ def torch_ceil_output(g: PoolGeometry, pad: int) -> int:
     """PyTorch's ceil_mode output length for g's kernel and stride with `pad` on both sides
     (PyTorch drops a last window starting past input + pad whether or not there is padding;
     Caffe only when the layer is padded)."""
-    out = -(-(g.input_extent + 2 * pad - g.kernel) // g.stride) + 1
-    return out - 1 if (out - 1) * g.stride >= g.input_extent + pad else out
+    return pool_output_size(g.input_extent, g.kernel, pad, g.stride, ceil_mode=True,
+                            any_pad=True)
 
 
 @register("Pooling")
