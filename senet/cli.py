@@ -17,6 +17,16 @@ from senet.errors import SenetError, UsageError
 from senet.files import sha256_file
 
 
+def _internal_error(prog: str, error: Exception, debug: bool):
+    """A bug in senet, not the user's input: still one line and no traceback (--debug shows
+    it)."""
+    if debug:
+        raise error
+    click.echo(f"{prog}: error: internal error ({type(error).__name__}: "
+               f"{_one_line(str(error))}); rerun with --debug and report it", err=True)
+    sys.exit(1)
+
+
 def _fail(prog: str, error: SenetError, debug: bool):
     if debug:
         raise error
@@ -115,12 +125,8 @@ def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
         _convert(model, prototxt, options, input_shape, allow_unknown_fields, inspect, quiet)
     except SenetError as error:
         _fail("senet-convert", error, debug)
-    except Exception as error:  # a bug in senet, not the user's input: still no traceback
-        if debug:
-            raise
-        click.echo(f"senet-convert: error: internal error ({type(error).__name__}: "
-                   f"{_one_line(str(error))}); rerun with --debug and report it", err=True)
-        sys.exit(1)
+    except Exception as error:
+        _internal_error("senet-convert", error, debug)
     except KeyboardInterrupt:
         click.echo("senet-convert: interrupted", err=True)
         sys.exit(130)
@@ -351,12 +357,8 @@ def verify_main(reports, debug, **options):
         click.echo(f"{VERIFY}: interrupted; rerun the same command to resume from the "
                    "predictions cache", err=True)
         sys.exit(130)
-    except Exception as error:  # a bug in senet, not the user's input: still no traceback
-        if debug:
-            raise
-        click.echo(f"{VERIFY}: error: internal error ({type(error).__name__}: "
-                   f"{_one_line(str(error))}); rerun with --debug and report it", err=True)
-        sys.exit(1)
+    except Exception as error:
+        _internal_error(VERIFY, error, debug)
     sys.exit(code)
 
 
