@@ -130,14 +130,13 @@ class TorchGraph:
             if target not in self.state:
                 raise ShapeError(f"the weights file has no tensor '{target}'",
                                  layer=self._layer.name)
-            tensor = self.state[target]
-            if tuple(tensor.shape) != tuple(array.shape):
-                raise ShapeError(f"tensor '{target}' has shape {list(tensor.shape)}, the graph "
+            stored = self.state[target]
+            if tuple(stored.shape) != tuple(array.shape):
+                raise ShapeError(f"tensor '{target}' has shape {list(stored.shape)}, the graph "
                                  f"needs {list(array.shape)}", layer=self._layer.name)
+            tensor = owned_tensor(stored, self.dtype)
         else:
-            wide = self.dtype == torch.float64
-            tensor = torch.from_numpy(np.array(array, np.float64 if wide else np.float32))
-            tensor = tensor.to(self.dtype)
+            tensor = owned_tensor(array, self.dtype)
         module = getattr(self.root, module_name)
         if learned:
             module.register_parameter(key, nn.Parameter(tensor, requires_grad=False))
@@ -155,6 +154,22 @@ class TorchGraph:
             self.root.add_module(name, nn.Module())
             self._modules[layer_name] = name
         return self._modules[layer_name]
+
+
+def owned_tensor(values, dtype: torch.dtype) -> torch.Tensor:
+    """`values` copied into a fresh C-contiguous `dtype` tensor from torch's own allocator.
+
+    Every way of building a module (from the IR's arrays, which may be transposed views or
+    unaligned views of a mapped caffemodel; from a safetensors state; torch.export.load, which
+    reads the tensors this made) then holds weights of one layout: same strides and torch's
+    allocation alignment. CPU GEMM libraries pick their kernels by stride and alignment, so
+    only one layout keeps the round trips bitwise on every CPU."""
+    tensor = torch.empty(tuple(values.shape), dtype=dtype)
+    if isinstance(values, torch.Tensor):
+        tensor.copy_(values)
+    else:  # NumPy writes through the tensor's view, read-only (mapped) sources included
+        tensor.numpy()[...] = values
+    return tensor
 
 
 def missing_torch_emitters(net: CaffeNet) -> list[str]:

@@ -57,7 +57,7 @@ def save_safetensors(net: CaffeNet, path: str | os.PathLike, outputs: list[str] 
     the metadata entry ``senet.graph``. `load_safetensors` rebuilds the module."""
     prepared = prepare(net, outputs, fold=fold)
     module = build_module(prepared, outputs)
-    tensors = {key: value.contiguous() for key, value in module.state_dict().items()}
+    tensors = dict(module.state_dict())
     metadata = {"format": "pt", GRAPH_KEY: json.dumps(net_to_spec(prepared, outputs))}
     with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)

@@ -176,6 +176,32 @@ def test_pt2_and_safetensors_round_trips_are_bitwise(tmp_path, senet_dir, which)
     assert not list(tmp_path.glob(".*.part*"))
 
 
+@pytest.mark.parametrize("case", ["inner_product_axes", "scale_axis_num_axes"])
+def test_every_way_of_building_gives_weights_of_one_layout(tmp_path, case):
+    """In memory, from .pt2 and from safetensors: the same dtype, shape, strides and torch's
+    64-byte allocation alignment for every weight. CPU GEMM kernels are chosen by stride and
+    alignment, so this is what keeps the bitwise round trips bitwise on every CPU (a transposed
+    InnerProduct weight kept as a strided view broke them on AMD EPYC)."""
+    input_shapes, body, outputs = CASES[case]
+    text = net_text(input_shapes, body)
+    proto, caffemodel = write_net(tmp_path, text, make_weights(parse_prototxt(text),
+                                                               input_shapes, 0))
+    net = load_net(str(caffemodel), str(proto))
+    export_pt2(net, tmp_path / "m.pt2", outputs)
+    save_safetensors(net, tmp_path / "m.safetensors", outputs)
+    modules = {"in memory": to_torch(net, outputs),
+               "pt2": torch.export.load(str(tmp_path / "m.pt2")).module(),
+               "safetensors": senet.load(tmp_path / "m.safetensors")}
+    layouts = {}
+    for how, module in modules.items():
+        state = module.state_dict()
+        assert state, how
+        layouts[how] = {key: (t.dtype, tuple(t.shape), t.stride()) for key, t in state.items()}
+        for key, t in state.items():
+            assert t.is_contiguous() and t.data_ptr() % 64 == 0, (how, key, t.stride())
+    assert layouts["pt2"] == layouts["in memory"] == layouts["safetensors"]
+
+
 def test_saved_files_hold_names_and_a_json_graph(tmp_path):
     net = _tiny()
     save_safetensors(net, tmp_path / "t.safetensors", fold=False)
