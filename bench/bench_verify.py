@@ -140,7 +140,7 @@ def main() -> int:
         val = wnid_folder(tmp / "val", args.images)
         model = random_caffemodel(tmp / "SE-ResNet-50.caffemodel")
         prepared = prepare_model(model, lookup("se_resnet50"), "onnxruntime", tmp / "cache")
-        options = VerifyOptions(model="se_resnet50", weights=str(model), val_dir=str(val),
+        options = VerifyOptions(model="se_resnet50", weights=str(model), val=str(val),
                                 cache_dir=tmp / "cache", batch_size=args.batch,
                                 workers=workers, resume=False)
         best = {}

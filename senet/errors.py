@@ -1,8 +1,14 @@
 """One exception family for everything a user can get wrong.
 
 Each error carries what went wrong, where (file, byte offset or line, layer name) and an optional
-hint. The CLI prints ``str(error)`` on one line and exits 1 (2 for usage errors); nothing else
-should ever reach the user as a traceback.
+hint, and the exit status both programs give it (``exit_code``; README's table of exit codes).
+The programs print ``str(error)`` on one line and exit with that code; nothing else should ever
+reach the user as a traceback.
+
+1 means the input under test is wrong: a model file that cannot be read or converted, weights
+that are not the model they claim to be. 2 means the run could not be set up: bad usage, a
+missing or unreadable data set. senet-verify's gate failing (a clean run outside tolerance) is
+a result, not an error, and also exits 1.
 """
 
 from __future__ import annotations
@@ -65,4 +71,7 @@ class UsageError(SenetError):
 
 
 class DatasetError(SenetError):
-    """An evaluation data set that cannot be read (missing folder, labels, images)."""
+    """An evaluation data set that cannot be read (missing folder, labels, images, reports);
+    exit status 2, like usage: the check could not be set up."""
+
+    exit_code = 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,29 @@ def sha256_file(path: str | os.PathLike) -> str:
         while n := f.readinto(buffer):
             h.update(view[:n])
     return h.hexdigest()
+
+
+class BackgroundSha256:
+    """SHA-256 of a file computed on another core while the caller works (hashlib releases the
+    GIL): hashing a 440 MB model takes about as long as converting it, and the digest is
+    needed only when the output's header is written. ``result()`` waits for it; a file the
+    thread could not read is hashed again in the caller, which then raises the OSError."""
+
+    def __init__(self, path: str | os.PathLike):
+        self._path = path
+        self._digest: str | None = None
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._digest = sha256_file(self._path)
+        except OSError:
+            pass
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._digest if self._digest is not None else sha256_file(self._path)
 
 
 @contextmanager

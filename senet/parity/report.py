@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import senet
@@ -64,6 +65,59 @@ def build_report(ev) -> dict:
         "preprocessing": ev.preprocessing,
         "per_class": per_class,
     }
+
+
+@dataclass(frozen=True)
+class ErrorRate:
+    """A top-k error as measured, beside the published figure (percentages)."""
+
+    percent: float | None  # None when no image was scored
+    wrong: int
+    images: int
+    ci95: tuple[float | None, float | None]  # Wilson interval
+    table1: float
+    delta: float | None  # percent - table1, in points
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``senet.verify`` returns: the JSON report's figures as attributes, and the whole
+    JSON report as ``json`` (what ``--json`` writes and ``--summary`` reads)."""
+
+    model: str
+    title: str
+    passed: bool
+    reasons: tuple[str, ...]
+    tolerance: float
+    top1_error: ErrorRate
+    top5_error: ErrorRate
+    images: int  # scored
+    unreadable: int
+    json: dict = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, report: dict) -> "Report":
+        def rate(block: dict) -> ErrorRate:
+            return ErrorRate(block["percent"], block["wrong"], block["images"],
+                             tuple(block["ci95"]), block["table1"], block["delta"])
+        return cls(model=report["model"], title=report["title"], passed=report["passed"],
+                   reasons=tuple(report["reasons"]), tolerance=report["tolerance"],
+                   top1_error=rate(report["top1_error"]), top5_error=rate(report["top5_error"]),
+                   images=report["counts"]["images"], unreadable=report["counts"]["unreadable"],
+                   json=report)
+
+    def summary(self) -> str:
+        """The lines senet-verify prints after a run."""
+        return "\n".join(summary_lines(self.json))
+
+    def markdown(self) -> str:
+        return markdown(self.json)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        write_json(path, self.json)
+
+    def write_markdown(self, path: str | os.PathLike) -> None:
+        write_text(path, markdown(self.json))
 
 
 def _fmt(value, digits: int = 2) -> str:

@@ -37,7 +37,7 @@ class VerifyOptions:
     prototxt: str | None = None
     weights_dir: str | os.PathLike = DEFAULT_CACHE
     cache_dir: str | os.PathLike = DEFAULT_CACHE
-    val_dir: str | None = None
+    val: str | None = None  # the validation folder
     labels: str | None = None
     label_order: str = "sorted"
     backend: str = "auto"
@@ -108,8 +108,8 @@ def resolve_weights(options: VerifyOptions, entry) -> Path:
 
 
 def resolve_val_dir(options: VerifyOptions, entry) -> Path:
-    if options.val_dir:
-        return Path(options.val_dir).expanduser()
+    if options.val:
+        return Path(options.val).expanduser()
     bundled = getattr(entry, "val_dir", None)
     if bundled:
         return package_path(bundled)

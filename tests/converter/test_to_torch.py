@@ -241,11 +241,14 @@ def test_several_outputs_come_as_a_tuple_in_the_asked_order(tmp_path):
             assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-def test_pt2_loads_in_a_fresh_process_after_import_senet(tmp_path):
+def test_pt2_loads_in_a_fresh_process_after_import_senet_kernels(tmp_path):
     export_pt2(_tiny(), tmp_path / "t.pt2")
     code = ("import sys, senet\n"
             "assert 'torch' not in sys.modules  # import senet stays light\n"
+            "assert not any('senet' in type(f).__module__ for f in sys.meta_path)\n"
             "import torch\n"
+            "assert not hasattr(torch.ops.senet, 'axpy')  # nothing registered behind our back\n"
+            "import senet.kernels  # what README tells a user of a bare .pt2 to import\n"
             "m = torch.export.load(sys.argv[1]).module()\n"
             "print(tuple(m(torch.zeros(4, 3, 32, 32)).shape))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.pt2")],

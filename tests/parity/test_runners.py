@@ -85,7 +85,7 @@ def test_torch_runner_on_an_exported_program(tmp_path, colour):
     pt2 = tmp_path / "colour.pt2"
     torch.export.save(program, str(pt2))
     val = val_folder(tmp_path / "val")
-    result = evaluate(VerifyOptions(model="colour_nn", weights=str(pt2), val_dir=str(val),
+    result = evaluate(VerifyOptions(model="colour_nn", weights=str(pt2), val=str(val),
                                     cache_dir=tmp_path / "cache", workers=0, batch_size=4))
     assert result.backend == "torch" and result.weights_format == "pt2"
     assert (result.counts.top1, result.counts.top5) == expected_counts(CASES)
@@ -99,7 +99,7 @@ def test_caffemodel_through_senets_pt2_writer(tmp_path, colour):
         pytest.skip("senet has no .pt2 writer yet")
     model, _ = colour
     val = val_folder(tmp_path / "val")
-    result = evaluate(VerifyOptions(model="colour_nn", weights=str(model), val_dir=str(val),
+    result = evaluate(VerifyOptions(model="colour_nn", weights=str(model), val=str(val),
                                     cache_dir=tmp_path / "cache", workers=0, backend="torch"))
     assert result.backend == "torch"
     assert (result.counts.top1, result.counts.top5) == expected_counts(CASES)
@@ -249,7 +249,7 @@ def test_interrupted_run_resumes_with_the_same_numbers(tmp_path, colour):
     cases = len(CASES)
 
     def options(cache, **kw):
-        return VerifyOptions(model="colour_nn", weights=str(model), val_dir=str(val),
+        return VerifyOptions(model="colour_nn", weights=str(model), val=str(val),
                              cache_dir=cache, batch_size=4, workers=1, **kw)
 
     def stop_after_two(k):
