@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from senet.converter import caffe_io
 from senet.converter import caffe_pb2 as pb
+from senet.converter.caffe_reader import CaffeFile, read_caffemodel
+from senet.converter.prototxt import read_prototxt
 from senet.converter.graph import CaffeNet, assign_ssa_names
 from senet.converter.layers import converter_for
 from senet.converter.passes import remove_splits
@@ -36,13 +37,13 @@ def load_net(caffemodel: str | None = None, prototxt: str | None = None,
     """
     if caffemodel is None and prototxt is None:
         raise UsageError("nothing to read: give a .caffemodel and/or a .prototxt")
-    weights = caffe_io.read_caffemodel(caffemodel) if caffemodel else None
-    structure = (caffe_io.read_prototxt(prototxt, allow_unknown_fields, warn) if prototxt
+    weights = read_caffemodel(caffemodel) if caffemodel else None
+    structure = (read_prototxt(prototxt, allow_unknown_fields, warn) if prototxt
                  else weights)
     return assemble(structure, weights, input_shape, weights_optional)
 
 
-def assemble(structure: caffe_io.CaffeFile, weights: caffe_io.CaffeFile | None,
+def assemble(structure: CaffeFile, weights: CaffeFile | None,
              input_shape: tuple[int, ...] | None, weights_optional: bool = False) -> CaffeNet:
     inputs, layers, defaulted = _deploy_layers(structure, input_shape)
     _check_supported(layers)
@@ -90,7 +91,7 @@ def _phase_included(param: pb.LayerParameter) -> bool:
     return True
 
 
-def _deploy_layers(cf: caffe_io.CaffeFile, input_shape):
+def _deploy_layers(cf: CaffeFile, input_shape):
     """Inputs (name → shape) and the layers of the TEST net that compute from them."""
     inputs: dict[str, tuple[int, ...]] = {}
     net = cf.net
