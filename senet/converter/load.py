@@ -10,21 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from senet.converter import caffe_pb2 as pb
 from senet.converter.caffe_reader import CaffeFile, read_caffemodel
-from senet.converter.prototxt import read_prototxt
 from senet.converter.graph import CaffeNet, assign_ssa_names
 from senet.converter.layers import converter_for
-from senet.converter.passes import remove_splits
-from senet.errors import CaffeFormatError, ShapeError, UnsupportedLayerError, UsageError
-
-DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
-
-_DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData",
-               "AnnotatedData", "Python", "VideoData"}
-_TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
-                  "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss",
-                  "MultiBoxLoss", "Silence", "HDF5Output"}
+from senet.converter.passes import deploy_layers, remove_splits
+from senet.converter.prototxt import read_prototxt
+from senet.errors import ShapeError, UnsupportedLayerError, UsageError
 
 
 def load_net(caffemodel: str | None = None, prototxt: str | None = None,
@@ -45,7 +36,7 @@ def load_net(caffemodel: str | None = None, prototxt: str | None = None,
 
 def assemble(structure: CaffeFile, weights: CaffeFile | None,
              input_shape: tuple[int, ...] | None, weights_optional: bool = False) -> CaffeNet:
-    inputs, layers, defaulted = _deploy_layers(structure, input_shape)
+    inputs, layers, defaulted = deploy_layers(structure, input_shape)
     _check_supported(layers)
     stored = weights.layers if weights is not None else []
     by_name = {raw.param.name: raw for raw in stored}
@@ -70,104 +61,6 @@ def assemble(structure: CaffeFile, weights: CaffeFile | None,
                          hint=f"the input '{defaulted[0]}' of the stored data layer was given "
                               f"the default shape {shape}; pass --input-shape N,C,H,W") from None
     return remove_splits(net)
-
-
-def _phase_included(param: pb.LayerParameter) -> bool:
-    """Caffe's NetState rules for a TEST net (level 0, no stages)."""
-    def meets(rule: pb.NetStateRule) -> bool:
-        if rule.HasField("phase") and rule.phase != pb.TEST:
-            return False
-        if rule.HasField("min_level") and 0 < rule.min_level:
-            return False
-        if rule.HasField("max_level") and 0 > rule.max_level:
-            return False
-        return not rule.stage  # a required stage is never present
-    # LayerParameter.phase is run-time state Caffe writes into snapshots (TRAIN for a training
-    # snapshot), not a rule, so it is ignored here.
-    if param.include:
-        return any(meets(r) for r in param.include)
-    if param.exclude:
-        return not any(meets(r) for r in param.exclude)
-    return True
-
-
-def _deploy_layers(cf: CaffeFile, input_shape):
-    """Inputs (name → shape) and the layers of the TEST net that compute from them."""
-    inputs: dict[str, tuple[int, ...]] = {}
-    net = cf.net
-    for i, name in enumerate(net.input):
-        if i < len(net.input_shape):
-            shape = tuple(net.input_shape[i].dim)
-        elif len(net.input_dim) >= 4 * (i + 1):
-            shape = tuple(net.input_dim[4 * i:4 * i + 4])
-        else:
-            shape = input_shape or DEFAULT_INPUT_SHAPE
-        inputs[name] = shape
-    dropped_blobs: set[str] = set()
-    kept = []
-    defaulted: list[str] = []
-    # A training snapshot holds only TRAIN-phase data layers: they still name the image input.
-    data_layers = [raw for raw in cf.layers if raw.param.type in _DATA_TYPES]
-    chosen_data = [raw for raw in data_layers if _phase_included(raw.param)] or data_layers[:1]
-    for raw in cf.layers:
-        p = raw.param
-        if p.type in _DATA_TYPES:
-            if raw in chosen_data and p.top:
-                image = _image_top(p)
-                inputs[image] = _data_layer_shape(p, input_shape)
-                if input_shape is None and not p.transform_param.crop_size:
-                    defaulted.append(image)
-                dropped_blobs.update(t for t in p.top if t != image)
-            continue
-        if not _phase_included(p):
-            continue
-        if p.type == "Input":
-            shapes = list(p.input_param.shape)
-            for k, top in enumerate(p.top):
-                if shapes:
-                    inputs[top] = tuple(shapes[min(k, len(shapes) - 1)].dim)
-                else:
-                    inputs[top] = tuple(input_shape or DEFAULT_INPUT_SHAPE)
-            continue
-        if p.type in _TRAINING_ONLY or p.type.endswith("Loss"):
-            dropped_blobs.update(p.top)
-            continue
-        if any(b in dropped_blobs for b in p.bottom):
-            # Consumes labels (e.g. a Slice of the label blob): not part of inference.
-            dropped_blobs.update(p.top)
-            continue
-        kept.append(raw)
-    if not inputs:
-        raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
-    if input_shape is not None:
-        if len(inputs) != 1:
-            raise UsageError(f"--input-shape is ambiguous: the net has {len(inputs)} inputs "
-                             f"({', '.join(inputs)})")
-        name = next(iter(inputs))
-        declared = inputs[name]
-        if name not in defaulted and len(declared) != len(input_shape):
-            raise UsageError(f"--input-shape has {len(input_shape)} dimensions, the net's input "
-                             f"'{name}' has {len(declared)} ({','.join(map(str, declared))})")
-        inputs[name] = tuple(input_shape)
-    return inputs, kept, defaulted
-
-
-def _image_top(p: pb.LayerParameter) -> str:
-    """The top of a data layer that carries images: Data/ImageData put it first, HDF5Data
-    orders tops by dataset name, so a top named like a label is skipped."""
-    for top in p.top:
-        if "label" not in top.lower():
-            return top
-    return p.top[0]
-
-
-def _data_layer_shape(p: pb.LayerParameter, input_shape):
-    if input_shape is not None:
-        return tuple(input_shape)
-    crop = p.transform_param.crop_size
-    if crop:
-        return (1, 3, crop, crop)
-    return DEFAULT_INPUT_SHAPE
 
 
 def _check_supported(layers) -> None:
