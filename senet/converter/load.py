@@ -40,18 +40,17 @@ def assemble(structure: CaffeFile, weights: CaffeFile | None,
     _check_supported(layers)
     stored = weights.layers if weights is not None else []
     by_name = {raw.param.name: raw for raw in stored}
-    pairs = []
-    for raw in layers:
-        source = raw if raw.blobs or weights is None else by_name.get(raw.param.name, raw)
-        pairs.append((raw.param, list(zip(source.blobs, source.legacy))))
-    names = list(inputs)
-    ssa_inputs, ir_layers, final = assign_ssa_names(names, pairs)
+    sources = [raw if raw.blobs or weights is None else by_name.get(raw.param.name, raw)
+               for raw in layers]
+    ssa_inputs, ir_layers, final = assign_ssa_names(
+        list(inputs), [(raw.param, source.blobs) for raw, source in zip(layers, sources)])
     net = CaffeNet(name=structure.net.name, inputs=dict(zip(ssa_inputs, inputs.values())),
                    layers=ir_layers, final_names=final,
                    weight_file=weights.mapped if weights is not None else None)
     net.shapes.update(net.inputs)
     try:
-        _infer_shapes_and_check_blobs(net, structure.path, weights.path if weights else None,
+        _infer_shapes_and_check_blobs(net, [source.legacy for source in sources],
+                                      structure.path, weights.path if weights else None,
                                       weights_optional)
     except ShapeError as error:
         if not defaulted or error.hint:
@@ -70,9 +69,12 @@ def _check_supported(layers) -> None:
         raise UnsupportedLayerError("unsupported Caffe layers: " + ", ".join(missing))
 
 
-def _infer_shapes_and_check_blobs(net: CaffeNet, structure_path: str, weights_path,
+def _infer_shapes_and_check_blobs(net: CaffeNet, legacy: list[list[bool]],
+                                  structure_path: str, weights_path,
                                   weights_optional: bool) -> None:
-    for layer in net.layers:
+    """Shape every blob and replace each layer's stored blobs by float32 arrays of the
+    shapes the net needs; `legacy[i][k]` says blob k of layer i was stored 4-D legacy."""
+    for layer, stored_legacy in zip(net.layers, legacy):
         conv = converter_for(layer.type)
         conv.check_arity(layer)
         in_shapes = [net.shapes[b] for b in layer.bottoms]
@@ -81,14 +83,15 @@ def _infer_shapes_and_check_blobs(net: CaffeNet, structure_path: str, weights_pa
             layer.blobs = [np.broadcast_to(np.float32(0), tuple(int(d) for d in s))
                            for s in expected]
         else:
-            layer.blobs = _matched_blobs(layer, expected, weights_path or structure_path)
+            layer.blobs = _matched_blobs(layer, stored_legacy, expected,
+                                         weights_path or structure_path)
         outs = conv.infer_shapes(layer, in_shapes)
         for top, shape in zip(layer.tops, outs):
             net.shapes[top] = tuple(int(d) for d in shape)
 
 
-def _matched_blobs(layer, expected, where) -> list[np.ndarray]:
-    stored = layer.blobs  # (array, was_legacy) pairs from the file
+def _matched_blobs(layer, legacy: list[bool], expected, where) -> list[np.ndarray]:
+    stored = layer.blobs
     if len(stored) != len(expected):
         if not stored:
             raise ShapeError(f"has no weights in the caffemodel (expects {len(expected)} blobs)",
@@ -97,11 +100,11 @@ def _matched_blobs(layer, expected, where) -> list[np.ndarray]:
         raise ShapeError(f"expects {len(expected)} blobs, the caffemodel has {len(stored)}",
                          where=where, layer=layer.name)
     out = []
-    for k, ((array, legacy), want) in enumerate(zip(stored, expected)):
+    for k, (array, was_legacy, want) in enumerate(zip(stored, legacy, expected)):
         want = tuple(int(d) for d in want)
         scalar = want == () and array.size == 1  # writers differ on [] vs [1] for a scalar
         if (tuple(array.shape) != want and not scalar
-                and not (legacy and _legacy_equal(array.shape, want))):
+                and not (was_legacy and _legacy_equal(array.shape, want))):
             raise ShapeError(f"blob {k} has shape {list(array.shape)}, the net needs {list(want)}",
                              where=where, layer=layer.name)
         if array.dtype != np.float32:
