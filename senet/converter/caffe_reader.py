@@ -310,22 +310,14 @@ def _reject_other_formats(head: bytes, path: str) -> None:
 def _read_layer(buf, start, end, path, index) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
     kept, spans, _ = _split_message(buf, start, end, LAYER_BLOBS, where)
-    try:
-        param = pb.LayerParameter.FromString(kept)
-    except DecodeError as exc:
-        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
-    _check_text(param, where)
+    param = _parse_params(pb.LayerParameter, kept, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
 
 
 def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
     kept, spans, nested = _split_message(buf, start, end, V1_BLOBS, where)
-    try:
-        v1 = pb.V1LayerParameter.FromString(kept)
-    except DecodeError as exc:
-        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
-    _check_text(v1, where)
+    v1 = _parse_params(pb.V1LayerParameter, kept, where)
     if nested is not None and v1.HasField("layer"):
         formats.add("V0")
         _, v0_spans, _ = _split_message(buf, nested[0], nested[1], V0_BLOBS, where)
@@ -335,6 +327,16 @@ def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
     from senet.converter.upgrade import upgrade_v1_layer
     param = upgrade_v1_layer(v1, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
+
+
+def _parse_params(message_type, data: bytes, where: str):
+    """A layer's parameters (its bytes without the blobs) as `message_type`, checked."""
+    try:
+        message = message_type.FromString(data)
+    except DecodeError as exc:
+        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
+    _check_text(message, where)
+    return message
 
 
 def _check_text(message, where: str) -> None:
