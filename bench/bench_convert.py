@@ -75,14 +75,15 @@ class RandomWeights(Mapping):
 
 def write_model(prototxt: Path, path: Path) -> tuple[int, int]:
     """Write the caffemodel; returns (layers, parameters)."""
-    from senet.converter import caffe_io
+    from senet.converter.caffe_writer import write_caffemodel
+    from senet.converter.prototxt import read_prototxt
     from senet.converter.load import load_net
 
     shapes = load_net(prototxt=str(prototxt), weights_optional=True)  # zero blobs, no memory
-    structure = caffe_io.read_prototxt(prototxt)
+    structure = read_prototxt(prototxt)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
-    caffe_io.write_caffemodel(path, net, RandomWeights(shapes.layers))
+    write_caffemodel(path, net, RandomWeights(shapes.layers))
     return len(shapes.layers), shapes.parameter_count()
 
 

@@ -43,7 +43,8 @@ def sample_images() -> list[Path]:
 
 def random_caffemodel(path: Path, seed: int = 0) -> Path:
     """SE-ResNet-50's prototxt with seeded random weights (BatchNorm: positive variances)."""
-    from senet.converter import caffe_io
+    from senet.converter.caffe_writer import write_caffemodel
+    from senet.converter.prototxt import read_prototxt
     from senet.converter.load import load_net
     rng = np.random.default_rng(seed)
     net = load_net(prototxt=str(PROTOTXT), weights_optional=True)
@@ -64,10 +65,10 @@ def random_caffemodel(path: Path, seed: int = 0) -> Path:
                 blobs.append(rng.normal(0, np.sqrt(2.0 / fan_in) if b.ndim > 1 else 0.01,
                                         b.shape))
         weights[layer.name] = [np.asarray(b, np.float32) for b in blobs]
-    structure = caffe_io.read_prototxt(PROTOTXT)
+    structure = read_prototxt(PROTOTXT)
     proto = structure.net
     proto.layer.extend(raw.param for raw in structure.layers)
-    caffe_io.write_caffemodel(path, proto, weights)
+    write_caffemodel(path, proto, weights)
     return path
 
 

@@ -67,12 +67,13 @@ def test_unknown_model_lists_known_names(tmp_path):
 
 
 def test_timm_checkpoint_of_se_resnet50_has_timm_keys(tmp_path):
-    from senet.converter import caffe_io
+    from senet.converter.caffe_writer import write_caffemodel
+    from senet.converter.prototxt import read_prototxt
     from senet.converter.load import load_net
 
     prototxt = require_shared("senet_prototxt", "SE-ResNet-50.prototxt")
     keys_file = require_shared("timm_keys", "legacy_seresnet50.keys.txt")
-    structure = caffe_io.read_prototxt(prototxt)
+    structure = read_prototxt(prototxt)
     shapes = load_net(prototxt=str(prototxt), weights_optional=True)
     rng = np.random.default_rng(0)
     weights = {layer.name: [np.abs(rng.normal(1, 0.1, b.shape)).astype(np.float32)
@@ -80,7 +81,7 @@ def test_timm_checkpoint_of_se_resnet50_has_timm_keys(tmp_path):
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
     caffemodel = tmp_path / "SE-ResNet-50.caffemodel"
-    caffe_io.write_caffemodel(caffemodel, net, weights)
+    write_caffemodel(caffemodel, net, weights)
     out = tmp_path / "r50.safetensors"
     result = run_cli(caffemodel, "--to", "timm", "--model", "se_resnet50", "-q", "-o", out)
     assert result.exit_code == 0, result.stderr

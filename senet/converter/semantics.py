@@ -25,6 +25,34 @@ def canonical_axis(axis: int, ndim: int, layer: str) -> int:
 
 # ----------------------------------------------------------------------------- convolution
 
+def spatial_param(param, name: str, n_spatial: int, default: int, layer: str
+                  ) -> tuple[int, ...]:
+    """Caffe's value per spatial axis of a ConvolutionParameter or PoolingParameter field
+    (`kernel_size`, `pad`, `stride`, `dilation`): `<f>_h`, `<f>_w` when either is set (2-D
+    only; a missing one is the field's default), else the field's values — one for every
+    axis or one per axis — or `default` for every axis when it has none."""
+    short = name.removesuffix("_size")
+    h, w = f"{short}_h", f"{short}_w"
+    if h in param.DESCRIPTOR.fields_by_name and (param.HasField(h) or param.HasField(w)):
+        if n_spatial != 2:
+            raise ShapeError(f"{h}/{w} need 2 spatial axes, the input has {n_spatial}",
+                             layer=layer)
+        return int(getattr(param, h)), int(getattr(param, w))
+    value = getattr(param, name)
+    if isinstance(value, int):  # PoolingParameter's fields are not repeated
+        values = [value] if param.HasField(name) else []
+    else:
+        values = [int(v) for v in value]
+    if not values:
+        return (default,) * n_spatial
+    if len(values) == 1:
+        return (values[0],) * n_spatial
+    if len(values) != n_spatial:
+        raise ShapeError(f"{len(values)} {short} values for {n_spatial} spatial axes",
+                         layer=layer)
+    return tuple(values)
+
+
 def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
     """Caffe's convolution output size: floor((size + 2p - (d(k-1)+1)) / s) + 1."""
     extent = dilation * (kernel - 1) + 1

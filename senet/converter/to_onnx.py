@@ -141,7 +141,7 @@ def write_model(path: str | os.PathLike, model: onnx.ModelProto,
     """Write `model` with `initializers` to `path` atomically (temp file in the same folder,
     renamed when complete; nothing is left behind on failure).
 
-    With `source` (a caffe_io.MappedFile), initializers that are views of that file are copied
+    With `source` (a caffe_reader.MappedFile), initializers that are views of that file are copied
     file to file by the kernel: the weights never pass through this process's memory.
     `metadata`, a callable returning a dict, is called after the weights are written and its
     entries appended as metadata_props (protobuf merges fields in any order), so a slow value

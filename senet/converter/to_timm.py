@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from senet.converter.graph import CaffeNet, Layer
-from senet.converter.semantics import batchnorm_statistics
+from senet.converter.semantics import batchnorm_statistics, spatial_param
 from senet.errors import ConversionError
 from senet.files import atomic_output
 
@@ -228,24 +228,13 @@ def _conv_layer(layers: dict[str, Layer], conv: ConvMapping) -> Layer:
     if layer is None or layer.type != "Convolution":
         raise ConversionError(f"the net has no Convolution '{conv.caffe}' (timm's {conv.key})")
     p = layer.param.convolution_param
-
-    def one(values, default: int) -> int:
-        values = list(values)
-        if len(set(values)) > 1:
-            raise ConversionError(f"has non-square {values}, timm's {conv.key} is square",
-                                  layer=layer.name)
-        return int(values[0]) if values else default
-
-    def pair(h: str, w: str, repeated: str, default: int) -> tuple[int, int]:
-        if p.HasField(h) or p.HasField(w):
-            return int(getattr(p, h)), int(getattr(p, w))
-        return (one(getattr(p, repeated), default),) * 2
-
-    kernel = pair("kernel_h", "kernel_w", "kernel_size", 0)
-    stride = pair("stride_h", "stride_w", "stride", 1)
-    pad = pair("pad_h", "pad_w", "pad", 0)
-    got = (kernel, stride, pad, one(p.dilation, 1), int(p.group), bool(p.bias_term))
-    want = ((conv.kernel,) * 2, (conv.stride,) * 2, (conv.pad,) * 2, 1, conv.groups, conv.bias)
+    kernel = spatial_param(p, "kernel_size", 2, 0, layer.name)
+    stride = spatial_param(p, "stride", 2, 1, layer.name)
+    pad = spatial_param(p, "pad", 2, 0, layer.name)
+    dilation = spatial_param(p, "dilation", 2, 1, layer.name)
+    got = (kernel, stride, pad, dilation, int(p.group), bool(p.bias_term))
+    want = ((conv.kernel,) * 2, (conv.stride,) * 2, (conv.pad,) * 2, (1, 1), conv.groups,
+            conv.bias)
     if got != want or tuple(layer.blobs[0].shape) != conv.weight_shape:
         raise ConversionError(
             f"kernel/stride/pad/dilation/group/bias {got} and weights "

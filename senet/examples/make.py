@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from senet.converter import caffe_io
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import read_prototxt
 from senet.converter.load import load_net
 
 HERE = Path(__file__).parent
@@ -44,10 +45,10 @@ def example_weights(seed: int = 20251126) -> dict[str, list[np.ndarray]]:
 
 
 def write_example(path: Path = CAFFEMODEL) -> Path:
-    structure = caffe_io.read_prototxt(PROTOTXT)
+    structure = read_prototxt(PROTOTXT)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
-    caffe_io.write_caffemodel(path, net, example_weights())
+    write_caffemodel(path, net, example_weights())
     return path
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from senet.converter import caffe_io
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import read_prototxt
 from senet.converter.load import load_net
 from senet.converter.to_onnx import build_graph, write_model
 from tests.reference.caffe_forward import forward
@@ -20,11 +21,11 @@ def write_net(tmp: Path, prototxt: str, weights: dict[str, list[np.ndarray]],
     """The prototxt text and a caffemodel of it with `weights`, written by senet's writer."""
     proto_path = tmp / f"{name}.prototxt"
     proto_path.write_text(prototxt)
-    structure = caffe_io.read_prototxt(proto_path)
+    structure = read_prototxt(proto_path)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
     model_path = tmp / f"{name}.caffemodel"
-    caffe_io.write_caffemodel(model_path, net, weights)
+    write_caffemodel(model_path, net, weights)
     return proto_path, model_path
 
 

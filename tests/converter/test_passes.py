@@ -9,8 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from senet.converter import caffe_pb2 as pb  # noqa: E402
 from senet.converter import passes  # noqa: E402
+from senet.converter.graph import CaffeNet, Layer  # noqa: E402
 from senet.converter.load import load_net  # noqa: E402
+from senet.converter.prototxt import parse_prototxt_text  # noqa: E402
 from senet.converter.to_onnx import build_graph, write_model  # noqa: E402
 from senet.converter.to_torch import build_module  # noqa: E402
 from senet.examples import make  # noqa: E402
@@ -128,3 +131,75 @@ layer { name: "e" type: "Eltwise" bottom: "b" bottom: "c" top: "e" }''')
     weights = make_weights(parse_prototxt(text), shapes, 1)
     net = load_net(*map(str, reversed(write_net(tmp_path, text, weights))))
     assert types(passes.fold_batchnorm(net)) == ["Convolution", "BatchNorm", "Eltwise"]
+
+
+def snapshot(net):
+    """Everything a pass could change in a net, copied."""
+    layers = [(layer.name, layer.type, layer.param.SerializeToString(), list(layer.bottoms),
+               list(layer.tops), [np.array(b, copy=True) for b in layer.blobs], layer.fused_relu)
+              for layer in net.layers]
+    return layers, dict(net.inputs), dict(net.shapes), dict(net.final_names)
+
+
+def assert_unchanged(before, net):
+    after = snapshot(net)
+    assert len(after[0]) == len(before[0])
+    for old, new in zip(before[0], after[0]):
+        assert old[:5] == new[:5] and old[6] == new[6]
+        assert len(old[5]) == len(new[5])
+        assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(old[5], new[5]))
+    assert after[1:] == before[1:]
+
+
+@pytest.mark.parametrize("run_pass", [
+    lambda net: passes.fold_batchnorm(net, dtype=np.float64),
+    lambda net: passes.fold_batchnorm(net, ["ar", "b"]),
+    passes.fuse_axpy_relu,
+    passes.remove_splits,
+], ids=["fold_batchnorm", "fold_batchnorm_outputs", "fuse_axpy_relu", "remove_splits"])
+def test_each_pass_leaves_its_input_unchanged(chain, run_pass):
+    net = chain[0]
+    before = snapshot(net)
+    result = run_pass(net)
+    assert result is not net
+    assert_unchanged(before, net)
+
+
+def test_remove_splits_leaves_its_input_unchanged():
+    param = pb.LayerParameter()
+    layers = [Layer("c", "Convolution", param, ["data"], ["c"]),
+              Layer("split", "Split", param, ["c"], ["c_s0", "c_s1"]),
+              Layer("r", "ReLU", param, ["c_s0"], ["r"]),
+              Layer("e", "Eltwise", param, ["r", "c_s1"], ["e"])]
+    net = CaffeNet("n", {"data": (1, 2, 3, 3)}, layers,
+                   shapes={b: (1, 2, 3, 3) for b in ["data", "c", "c_s0", "c_s1", "r", "e"]},
+                   final_names={b: b for b in ["data", "c", "c_s0", "c_s1", "r", "e"]})
+    before = snapshot(net)
+    result = passes.remove_splits(net)
+    assert_unchanged(before, net)
+    assert [(layer.name, layer.bottoms) for layer in result.layers] == [
+        ("c", ["data"]), ("r", ["c"]), ("e", ["r", "c"])]
+    assert "c_s0" not in result.shapes and result.final_names["c_s1"] == "c"
+
+
+TRAIN_TEST = '''name: "t"
+layer { name: "d" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { crop_size: 8 } }
+layer { name: "dt" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { crop_size: 6 } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "drop" type: "Dropout" bottom: "c" top: "c" include { phase: TRAIN } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "c" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "c" bottom: "label" top: "acc" include { phase: TEST } }
+'''
+
+
+def test_deploy_layers_leaves_the_file_unchanged():
+    cf = parse_prototxt_text(TRAIN_TEST)
+    before = (cf.net.SerializeToString(), [raw.param.SerializeToString() for raw in cf.layers],
+              list(cf.layers))
+    inputs, kept, defaulted = passes.deploy_layers(cf, None)
+    assert inputs == {"data": (1, 3, 6, 6)} and defaulted == []
+    assert [raw.param.name for raw in kept] == ["c"]
+    assert (cf.net.SerializeToString(), [raw.param.SerializeToString() for raw in cf.layers],
+            list(cf.layers)) == before

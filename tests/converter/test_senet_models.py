@@ -9,7 +9,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from senet.converter import caffe_io
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import parse_prototxt_text
 from senet.converter import caffe_pb2 as pb
 from tests.conftest import FIXTURES, require_shared
 from tests.converter.harness import convert, reference, rel_error, run_onnx, write_net
@@ -54,7 +55,7 @@ def test_deploy_prototxt_converts_exactly(tmp_path, model):
 def training_snapshot(deploy: str) -> pb.NetParameter:
     """The deploy net as Caffe stores a training snapshot: Data layers per phase instead of the
     Input, no Softmax, loss and accuracy on an auto-inserted Split, phase=TRAIN everywhere."""
-    cf = caffe_io.parse_prototxt_text(deploy)
+    cf = parse_prototxt_text(deploy)
     net = pb.NetParameter(name=cf.net.name)
     for phase, batch in ((pb.TRAIN, 32), (pb.TEST, 25)):
         data = net.layer.add(name="data", type="Data", top=["data", "label"])
@@ -82,7 +83,7 @@ def training_snapshot(deploy: str) -> pb.NetParameter:
 def test_training_snapshot_converts_without_prototxt(tmp_path, model):
     text, weights, x, ref64, dev32 = _case(model)
     caffemodel = tmp_path / f"{model}_iter_1000.caffemodel"
-    caffe_io.write_caffemodel(caffemodel, training_snapshot(text), weights)
+    write_caffemodel(caffemodel, training_snapshot(text), weights)
     onnx_path = convert(tmp_path, caffemodel)  # default outputs: what nothing consumes
     ours = run_onnx(onnx_path, {"data": x})
     assert list(ours) == ["classifier"]

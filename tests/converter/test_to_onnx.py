@@ -84,18 +84,19 @@ def test_cli_metadata(tmp_path):
 
 
 def test_recognised_model_in_metadata_and_inspect(tmp_path):
-    from senet.converter import caffe_io
+    from senet.converter.caffe_writer import write_caffemodel
+    from senet.converter.prototxt import read_prototxt
     from tests.conftest import require_shared
 
     prototxt = require_shared("senet_prototxt", "SE-BN-Inception.prototxt")
-    structure = caffe_io.read_prototxt(prototxt)
+    structure = read_prototxt(prototxt)
     shapes = load_net(prototxt=str(prototxt), weights_optional=True)
     weights = {layer.name: [np.zeros(b.shape, np.float32) for b in layer.blobs]
                for layer in shapes.layers if layer.blobs}
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
     caffemodel = tmp_path / "SE-BN-Inception.caffemodel"
-    caffe_io.write_caffemodel(caffemodel, net, weights)
+    write_caffemodel(caffemodel, net, weights)
     out = tmp_path / "m.onnx"
     runner = CliRunner()
     result = runner.invoke(convert_main, [str(caffemodel), "--to", "onnx", "-o", str(out), "-q"])

@@ -297,10 +297,10 @@ def test_layers_without_a_torch_emitter_are_listed_at_once():
     text = net_text({"x": (1, 2, 3, 3)}, '''
 layer { name: "a" type: "TorchlessTestLayer" bottom: "x" top: "a" }
 layer { name: "b" type: "TorchlessTestLayer" bottom: "a" top: "b" }''')
-    from senet.converter import caffe_io
+    from senet.converter.prototxt import parse_prototxt_text
     from senet.converter.load import assemble
 
-    net = assemble(caffe_io.parse_prototxt_text(text), None, None)
+    net = assemble(parse_prototxt_text(text), None, None)
     with pytest.raises(UnsupportedLayerError, match=r"a \(TorchlessTestLayer\), b "):
         build_module(net)
 

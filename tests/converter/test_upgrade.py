@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from senet.converter import caffe_io
 from senet.converter import caffe_pb2 as pb
+from senet.converter.caffe_reader import read_caffemodel
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import parse_prototxt_text
 from tests.converter.harness import convert, reference, rel_error, run_onnx
 
 DEPLOY = '''name: "v"
@@ -53,7 +55,7 @@ def _v0_net(weights) -> pb.NetParameter:
 
 
 def _v1_net() -> pb.NetParameter:
-    cf = caffe_io.parse_prototxt_text(DEPLOY)
+    cf = parse_prototxt_text(DEPLOY)
     net = pb.NetParameter(name="v")
     net.input.append("data")
     net.input_dim.extend([2, 3, 9, 9])
@@ -75,9 +77,9 @@ def test_v1_and_v0_nets_equal_the_reference(tmp_path):
     x = rng.normal(0, 1, (2, 3, 9, 9)).astype(np.float32)
     expected = reference(DEPLOY, weights, {"data": x})["prob"]
     v1_path, v0_path = tmp_path / "v1.caffemodel", tmp_path / "v0.caffemodel"
-    caffe_io.write_caffemodel(v1_path, _v1_net(), weights, v1=True, legacy_blobs=True)
+    write_caffemodel(v1_path, _v1_net(), weights, v1=True, legacy_blobs=True)
     v0_path.write_bytes(_v0_net(weights).SerializeToString())
     for name, path in (("v1", v1_path), ("v0", v0_path)):
-        assert caffe_io.read_caffemodel(path).format == name.upper()
+        assert read_caffemodel(path).format == name.upper()
         ours = run_onnx(convert(tmp_path, path, name=name), {"data": x})["prob"]
         assert rel_error(ours, expected) < 1e-5, name

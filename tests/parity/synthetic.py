@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from senet import manifest
-from senet.converter import caffe_io
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import read_prototxt
 from senet.converter.load import load_net
 
 MEAN_BGR = np.array([104.0, 117.0, 123.0])
@@ -108,13 +109,13 @@ def write_colour_net(folder: Path, name: str = "colour_nn", prototypes_=None) ->
     protos = P if prototypes_ is None else prototypes_
     proto_path = folder / f"{name}.prototxt"
     proto_path.write_text(PROTOTXT)
-    structure = caffe_io.read_prototxt(proto_path)
+    structure = read_prototxt(proto_path)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
     weights = {"fc": [np.asarray(2.0 * protos, np.float32),
                       np.asarray(-(protos ** 2).sum(axis=1), np.float32)]}
     model = folder / f"{name}.caffemodel"
-    caffe_io.write_caffemodel(model, net, weights)
+    write_caffemodel(model, net, weights)
     return model
 
 

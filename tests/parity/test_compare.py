@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from senet.cli import verify_main
-from senet.converter import caffe_io
+from senet.converter.caffe_writer import write_caffemodel
+from senet.converter.prototxt import read_prototxt
 from senet.converter.load import load_net
 from senet.converter.to_onnx import build_graph, write_model
 from senet.parity.compare import compare, diff
@@ -41,11 +42,11 @@ def perturbed_tiny(tmp_path, layer="res2/up", bias_delta=0.5):
     from senet.examples.make import example_weights
     weights = example_weights()
     weights[layer][1] = weights[layer][1] + np.float32(bias_delta)
-    structure = caffe_io.read_prototxt(TINY_PROTOTXT)
+    structure = read_prototxt(TINY_PROTOTXT)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
     path = tmp_path / "perturbed.caffemodel"
-    caffe_io.write_caffemodel(path, net, weights)
+    write_caffemodel(path, net, weights)
     return path
 
 

@@ -74,10 +74,6 @@ def converter_for(caffe_type: str) -> LayerConverter | None:
     return _REGISTRY.get(caffe_type)
 
 
-def supported_types() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 # Importing the families registers them.
 from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, dense, eltwise, norm, pool, structure,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from senet.converter.layers import LayerConverter, register
-from senet.converter.semantics import conv_output_size
+from senet.converter.semantics import conv_output_size, spatial_param
 from senet.errors import ShapeError
 
 
@@ -20,35 +20,15 @@ class ConvSpec:
     bias: bool
 
 
-def _per_axis(values, h, w, has_hw: bool, n: int, default: int, what: str, layer: str):
-    if has_hw:
-        if n != 2:
-            raise ShapeError(f"{what}_h/{what}_w need a 2-D convolution", layer=layer)
-        return (h, w)
-    values = list(values)
-    if not values:
-        return (default,) * n
-    if len(values) == 1:
-        return (values[0],) * n
-    if len(values) != n:
-        raise ShapeError(f"{len(values)} {what} values for {n} spatial axes", layer=layer)
-    return tuple(values)
-
-
 def conv_spec(layer, n_spatial: int) -> ConvSpec:
     p = layer.param.convolution_param
     if p.axis != 1:
         raise ShapeError(f"convolution over axis {p.axis} is not supported (only 1)",
                          layer=layer.name)
-    kernel = _per_axis(p.kernel_size, p.kernel_h, p.kernel_w,
-                       p.HasField("kernel_h") or p.HasField("kernel_w"), n_spatial, 0,
-                       "kernel", layer.name)
-    pad = _per_axis(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h") or p.HasField("pad_w"),
-                    n_spatial, 0, "pad", layer.name)
-    stride = _per_axis(p.stride, p.stride_h, p.stride_w,
-                       p.HasField("stride_h") or p.HasField("stride_w"), n_spatial, 1,
-                       "stride", layer.name)
-    dilation = _per_axis(p.dilation, 0, 0, False, n_spatial, 1, "dilation", layer.name)
+    kernel = spatial_param(p, "kernel_size", n_spatial, 0, layer.name)
+    pad = spatial_param(p, "pad", n_spatial, 0, layer.name)
+    stride = spatial_param(p, "stride", n_spatial, 1, layer.name)
+    dilation = spatial_param(p, "dilation", n_spatial, 1, layer.name)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         raise ShapeError("kernel, stride and dilation must be positive", layer=layer.name)
     if p.num_output <= 0 or p.group <= 0 or p.num_output % p.group:

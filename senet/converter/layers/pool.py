@@ -8,16 +8,9 @@ import numpy as np
 
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    PoolGeometry, ave_pool_divisors, pool_geometry, pool_output_size,
+    PoolGeometry, ave_pool_divisors, pool_geometry, pool_output_size, spatial_param,
 )
 from senet.errors import ShapeError
-
-
-def _pair(p, single: str, h: str, w: str, default: int) -> tuple[int, int]:
-    if p.HasField(h) or p.HasField(w):
-        return getattr(p, h), getattr(p, w)
-    value = getattr(p, single) if p.HasField(single) else default
-    return value, value
 
 
 def pool_geometries(layer, in_shape) -> tuple[PoolGeometry, PoolGeometry]:
@@ -28,9 +21,9 @@ def pool_geometries(layer, in_shape) -> tuple[PoolGeometry, PoolGeometry]:
     height, width = in_shape[2], in_shape[3]
     if p.global_pooling:
         return (pool_geometry(height, height, 0, 1, True), pool_geometry(width, width, 0, 1, True))
-    kh, kw = _pair(p, "kernel_size", "kernel_h", "kernel_w", 0)
-    ph, pw = _pair(p, "pad", "pad_h", "pad_w", 0)
-    sh, sw = _pair(p, "stride", "stride_h", "stride_w", 1)
+    kh, kw = spatial_param(p, "kernel_size", 2, 0, layer.name)
+    ph, pw = spatial_param(p, "pad", 2, 0, layer.name)
+    sh, sw = spatial_param(p, "stride", 2, 1, layer.name)
     if kh <= 0 or kw <= 0 or sh <= 0 or sw <= 0:
         raise ShapeError("pooling kernel and stride must be positive", layer=layer.name)
     if ph >= kh or pw >= kw:
@@ -51,12 +44,12 @@ def covers_input(g: PoolGeometry) -> bool:
     return g.output == 1 and g.pad == 0 and g.kernel == g.input_extent
 
 
-def torch_ceil_output(g: PoolGeometry, pad: int) -> int:
-    """PyTorch's ceil_mode output length for g's kernel and stride with `pad` on both sides
-    (PyTorch drops a last window starting past input + pad whether or not there is padding;
-    Caffe only when the layer is padded)."""
-    return pool_output_size(g.input_extent, g.kernel, pad, g.stride, ceil_mode=True,
-                            any_pad=True)
+def torch_pool_output(g: PoolGeometry, pad: int, ceil_mode: bool = True) -> int:
+    """PyTorch's output length for g's kernel and stride with `pad` on both sides (in ceil mode
+    PyTorch drops a last window starting past input + pad whether or not there is padding;
+    Caffe only when the layer is padded; floor mode drops none)."""
+    return pool_output_size(g.input_extent, g.kernel, pad, g.stride, ceil_mode=ceil_mode,
+                            any_pad=ceil_mode)
 
 
 @register("Pooling")
@@ -116,7 +109,7 @@ class Pooling(LayerConverter):
     def _max_to_torch(ctx, top, x, gh, gw):
         from torch.nn import functional as F
         kernel, stride = (gh.kernel, gw.kernel), (gh.stride, gw.stride)
-        if all(2 * g.pad <= g.kernel and torch_ceil_output(g, g.pad) == g.output
+        if all(2 * g.pad <= g.kernel and torch_pool_output(g, g.pad) == g.output
                for g in (gh, gw)):
             # PyTorch's own ceil mode clips windows as Caffe does here; padding never wins
             ctx.emit(top, F.max_pool2d, x, kernel, stride, padding=(gh.pad, gw.pad),
@@ -133,7 +126,7 @@ class Pooling(LayerConverter):
         kernel, stride = (gh.kernel, gw.kernel), (gh.stride, gw.stride)
         full = bool(np.all(ave_pool_divisors(gh, gw) == gh.kernel * gw.kernel))
         if full and all(2 * g.pad <= g.kernel and
-                        (g.input_extent + 2 * g.pad - g.kernel) // g.stride + 1 == g.output
+                        torch_pool_output(g, g.pad, ceil_mode=False) == g.output
                         for g in (gh, gw)):
             # every window counts kernel cells, padding included: PyTorch's floor mode
             ctx.emit(top, F.avg_pool2d, x, kernel, stride, padding=(gh.pad, gw.pad),
@@ -141,7 +134,7 @@ class Pooling(LayerConverter):
             return
         # Caffe divides by the window clipped to the padded input: zero padding made explicit
         # (counted), then ceil mode over it without implicit padding (overhang not counted).
-        outputs = [torch_ceil_output(g, 0) for g in (
+        outputs = [torch_pool_output(g, 0) for g in (
             PoolGeometry(g.kernel, g.stride, 0, g.output, g.input_extent + 2 * g.pad)
             for g in (gh, gw))]
         if outputs[0] < gh.output or outputs[1] < gw.output:

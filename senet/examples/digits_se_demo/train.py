@@ -203,12 +203,13 @@ def caffe_blobs(model: DigitsSENet) -> dict[str, list[np.ndarray]]:
 
 
 def write_caffemodel(path: Path, model: DigitsSENet) -> Path:
-    from senet.converter import caffe_io
+    from senet.converter import caffe_writer
+    from senet.converter.prototxt import read_prototxt
 
-    structure = caffe_io.read_prototxt(PROTOTXT)
+    structure = read_prototxt(PROTOTXT)
     net = structure.net
     net.layer.extend(raw.param for raw in structure.layers)
-    caffe_io.write_caffemodel(path, net, caffe_blobs(model))
+    caffe_writer.write_caffemodel(path, net, caffe_blobs(model))
     return path
 
 

@@ -1,38 +1,37 @@
-"""Reading and writing Caffe files: binary .caffemodel, text .prototxt, blobs as NumPy arrays.
+"""Reading binary .caffemodel files: layers and their blobs as NumPy arrays.
 
 Binary files are walked at the wire level: each layer's parameters are parsed with our own
 caffe.proto, but blob payloads are never copied through protobuf. A blob's packed floats become a
 zero-copy NumPy view of the memory-mapped file, so a 440 MB SENet-154 costs one pass over the page
 cache and no second copy (peers that parse everything with protobuf, or with stale pure-Python
 generated code, need seconds to minutes and 3x the memory).
+
+The types every Caffe file becomes (`CaffeFile`, `RawLayer`, `MappedFile`) live here; the
+prototxt reader and the caffemodel writer share them and the field numbers below.
 """
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import struct
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from senet.converter import caffe_pb2 as pb
-from senet.converter.protowire import I32, I64, LEN, VARINT, encode_varint, field_key
+from senet.converter.protowire import I32, I64, LEN, VARINT
 from senet.errors import CaffeFormatError
 
 
-# Field numbers we walk by hand (Caffe's caffe.proto).
-_NET_LAYER, _NET_LAYERS_V1 = 100, 2
-_LAYER_BLOBS, _V1_BLOBS, _V1_V0LAYER = 7, 6, 1
-_V0_BLOBS = 50
-_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
-_BLOB_DATA, _BLOB_SHAPE, _BLOB_DOUBLE_DATA = 5, 7, 8
-_BLOB_RAW_TYPE, _BLOB_RAW_DATA = 10, 12
+# Field numbers of Caffe's caffe.proto that the reader walks and the writer streams by hand.
+NET_LAYER, NET_LAYERS_V1 = 100, 2
+LAYER_BLOBS, V1_BLOBS, V1_V0LAYER = 7, 6, 1
+V0_BLOBS = 50
+BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4
+BLOB_DATA, BLOB_SHAPE, BLOB_DOUBLE_DATA = 5, 7, 8
+BLOB_RAW_TYPE, BLOB_RAW_DATA = 10, 12
 
 _MAX_DIMS = 32
 _MAX_ELEMENTS = 1 << 40
@@ -130,8 +129,9 @@ def _fields(buf, start: int, end: int, where: str):
                                    hint="not a Caffe model (groups or garbage bytes)")
 
 
-def _decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, bool]:
-    """Turn one BlobProto into an array (a view of `buf` when stored as packed float32)."""
+def decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, bool]:
+    """One BlobProto as an array (a view of `buf` when stored as packed float32), and whether
+    its shape was stored the legacy way (num/channels/height/width, not `shape`)."""
     legacy = [0, 0, 0, 0]
     shape: list[int] | None = None
     data = None
@@ -139,25 +139,25 @@ def _decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, boo
     raw_type = None
     raw = None
     for number, wire, vs, ve, value in _fields(buf, start, end, where):
-        if number in (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH) and wire == VARINT:
+        if number in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH) and wire == VARINT:
             legacy[number - 1] = _as_int32(value)
-        elif number == _BLOB_SHAPE and wire == LEN:
+        elif number == BLOB_SHAPE and wire == LEN:
             shape = _decode_shape(buf, vs, ve, where)
-        elif number == _BLOB_DATA and wire == LEN:
+        elif number == BLOB_DATA and wire == LEN:
             if (ve - vs) % 4:
                 raise CaffeFormatError(f"blob float data of {ve - vs} bytes is not a multiple of 4",
                                        where=where)
             data = np.frombuffer(buf, dtype="<f4", count=(ve - vs) // 4, offset=vs)
-        elif number == _BLOB_DATA and wire == I32:
+        elif number == BLOB_DATA and wire == I32:
             loose_floats.append((vs, ve))
-        elif number == _BLOB_DOUBLE_DATA and wire == LEN:
+        elif number == BLOB_DOUBLE_DATA and wire == LEN:
             if (ve - vs) % 8:
                 raise CaffeFormatError("blob double data length is not a multiple of 8",
                                        where=where)
             data = np.frombuffer(buf, dtype="<f8", count=(ve - vs) // 8, offset=vs)
-        elif number == _BLOB_RAW_TYPE and wire == VARINT:
+        elif number == BLOB_RAW_TYPE and wire == VARINT:
             raw_type = value
-        elif number == _BLOB_RAW_DATA and wire == LEN:
+        elif number == BLOB_RAW_DATA and wire == LEN:
             raw = (vs, ve)
     if loose_floats:  # unpacked encoding: legal protobuf, rare in practice
         data = np.array([struct.unpack_from("<f", buf, s)[0] for s, _ in loose_floats], "<f4")
@@ -235,7 +235,7 @@ def _split_message(buf, start, end, blob_field, where):
         if number == blob_field and wire == LEN:
             blob_spans.append((vs, ve))
         else:
-            if blob_field == _V1_BLOBS and number == _V1_V0LAYER and wire == LEN:
+            if blob_field == V1_BLOBS and number == V1_V0LAYER and wire == LEN:
                 nested_v0 = (vs, ve)
             kept += buf[pos:ve]
         pos = ve
@@ -272,10 +272,10 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     formats = set()
     pos = 0
     for number, wire, vs, ve, _ in _fields(buf, 0, len(buf), path):
-        if number == _NET_LAYER and wire == LEN:
+        if number == NET_LAYER and wire == LEN:
             formats.add("V2")
             layers.append(_read_layer(buf, vs, ve, path, len(layers)))
-        elif number == _NET_LAYERS_V1 and wire == LEN:
+        elif number == NET_LAYERS_V1 and wire == LEN:
             layers.append(_read_v1_layer(buf, vs, ve, path, len(layers), formats))
         else:
             net_rest += buf[pos:ve]
@@ -309,32 +309,34 @@ def _reject_other_formats(head: bytes, path: str) -> None:
 
 def _read_layer(buf, start, end, path, index) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
-    kept, spans, _ = _split_message(buf, start, end, _LAYER_BLOBS, where)
-    try:
-        param = pb.LayerParameter.FromString(kept)
-    except DecodeError as exc:
-        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
-    _check_text(param, where)
+    kept, spans, _ = _split_message(buf, start, end, LAYER_BLOBS, where)
+    param = _parse_params(pb.LayerParameter, kept, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
 
 
 def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
-    kept, spans, nested = _split_message(buf, start, end, _V1_BLOBS, where)
-    try:
-        v1 = pb.V1LayerParameter.FromString(kept)
-    except DecodeError as exc:
-        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
-    _check_text(v1, where)
+    kept, spans, nested = _split_message(buf, start, end, V1_BLOBS, where)
+    v1 = _parse_params(pb.V1LayerParameter, kept, where)
     if nested is not None and v1.HasField("layer"):
         formats.add("V0")
-        _, v0_spans, _ = _split_message(buf, nested[0], nested[1], _V0_BLOBS, where)
+        _, v0_spans, _ = _split_message(buf, nested[0], nested[1], V0_BLOBS, where)
         spans = spans or v0_spans
     else:
         formats.add("V1")
     from senet.converter.upgrade import upgrade_v1_layer
     param = upgrade_v1_layer(v1, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
+
+
+def _parse_params(message_type, data: bytes, where: str):
+    """A layer's parameters (its bytes without the blobs) as `message_type`, checked."""
+    try:
+        message = message_type.FromString(data)
+    except DecodeError as exc:
+        raise CaffeFormatError(f"layer parameters do not parse ({exc})", where=where) from None
+    _check_text(message, where)
+    return message
 
 
 def _check_text(message, where: str) -> None:
@@ -358,199 +360,7 @@ def _check_text(message, where: str) -> None:
 def _with_blobs(param, buf, spans, where) -> RawLayer:
     layer = RawLayer(param=param)
     for k, (vs, ve) in enumerate(spans):
-        arr, legacy = _decode_blob(buf, vs, ve, f"{where} blob {k}")
+        arr, legacy = decode_blob(buf, vs, ve, f"{where} blob {k}")
         layer.blobs.append(arr)
         layer.legacy.append(legacy)
     return layer
-
-
-def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
-                  warn=None) -> CaffeFile:
-    """Read a text .prototxt; an unknown field is an error naming field and line.
-
-    With ``allow_unknown_fields`` it is skipped and reported through ``warn(message)``.
-    """
-    path = str(path)
-    try:
-        raw = Path(path).read_bytes()
-        if path.endswith(".gz"):
-            raw = gzip.decompress(raw)
-        text = raw.decode("utf-8", errors="strict")
-    except FileNotFoundError:
-        raise CaffeFormatError("file not found", where=path) from None
-    except (gzip.BadGzipFile, EOFError, zlib.error):
-        raise CaffeFormatError("not a valid gzip file", where=path) from None
-    except UnicodeDecodeError:
-        raise CaffeFormatError("not a text prototxt (not UTF-8)", where=path,
-                               hint="a binary .caffemodel given as --prototxt?") from None
-    except OSError as exc:
-        raise CaffeFormatError(f"cannot read: {exc.strerror}", where=path) from None
-    net, unknown = _parse_skipping_unknown_fields(text, path)
-    if unknown and not allow_unknown_fields:
-        raise CaffeFormatError("; ".join(unknown), where=path,
-                               hint="fields from a Caffe fork that senet's schema lacks; "
-                                    "--allow-unknown-fields skips them with a warning")
-    if unknown and warn:
-        warn(f"{path}: ignored unknown fields (--allow-unknown-fields): " + "; ".join(unknown))
-    return _from_net_parameter(net, path)
-
-
-def _parse_skipping_unknown_fields(text: str, path: str, limit: int = 1000
-                                   ) -> tuple[pb.NetParameter, list[str]]:
-    """The net parsed with every field unknown to our schema skipped, and one
-    'line N: ... has no field named X' message per such field, in the order found."""
-    found: list[str] = []
-    while True:
-        net = pb.NetParameter()
-        try:
-            text_format.Parse(text, net)
-            return net, found
-        except text_format.ParseError as exc:
-            unknown = "has no field named" in str(exc) and exc.GetLine()
-            if not unknown or len(found) >= limit:
-                raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
-            found.append(_describe_parse_error(exc).rstrip("."))
-            text = _blank_field(text, exc.GetLine(), exc.GetColumn())
-
-
-def _blank_field(text: str, line: int, column: int) -> str:
-    """Replace the field starting at line:column (name, optional ':', then a scalar, a quoted
-    string, a [list] or a {block}) by spaces, keeping newlines so line numbers stay true."""
-    lines = text.split("\n")
-    start = sum(len(l) + 1 for l in lines[:line - 1]) + column - 1
-    pos = start
-    n = len(text)
-    while pos < n and (text[pos].isalnum() or text[pos] in "_.[]/"):
-        pos += 1  # the field name (extensions are bracketed)
-    while pos < n and text[pos] in " \t\r\n:":
-        pos += 1
-    depth, quote = 0, None
-    while pos < n:
-        ch = text[pos]
-        if quote:
-            if ch == "\\":
-                pos += 1
-            elif ch == quote:
-                quote = None
-                if depth == 0:
-                    pos += 1
-                    break
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "{[<":
-            depth += 1
-        elif ch in "}]>":
-            depth -= 1
-            if depth <= 0:
-                pos += 1
-                break
-        elif depth == 0 and (ch.isspace() or ch in ";,"):
-            break
-        pos += 1
-    return text[:start] + "".join(c if c == "\n" else " " for c in text[start:pos]) + text[pos:]
-
-
-def _describe_parse_error(exc: text_format.ParseError) -> str:
-    line = getattr(exc, "GetLine", lambda: None)()
-    message = str(exc)
-    # protobuf formats "LINE:COL : message"; keep the message and name the line ourselves.
-    if " : " in message:
-        message = message.split(" : ", 1)[1]
-    message = message.replace('"senet.caffe.', '"').replace("senet.caffe.", "")
-    return f"line {line}: {message}" if line else message
-
-
-def parse_prototxt_text(text: str, path: str = "<text>") -> CaffeFile:
-    """Parse prototxt text held in memory (used by tests and the model writer)."""
-    net = pb.NetParameter()
-    try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as exc:
-        raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
-    return _from_net_parameter(net, path)
-
-
-def _from_net_parameter(net: pb.NetParameter, path: str) -> CaffeFile:
-    from senet.converter.upgrade import upgrade_v1_layer
-    layers = [RawLayer(param=_copy_layer(lp)) for lp in net.layer]
-    fmt = "V2"
-    if net.layers:
-        if net.layer:
-            raise CaffeFormatError("file mixes `layer` and V1 `layers` entries", where=path)
-        fmt = "V1"
-        layers = [RawLayer(param=upgrade_v1_layer(v1, f"{path}: layer #{i}"))
-                  for i, v1 in enumerate(net.layers)]
-    for layer in layers:
-        for blob in layer.param.blobs:
-            arr, legacy = _blob_from_message(blob, f"{path}: layer '{layer.param.name}'")
-            layer.blobs.append(arr)
-            layer.legacy.append(legacy)
-        layer.param.ClearField("blobs")
-    rest = pb.NetParameter()
-    rest.CopyFrom(net)
-    rest.ClearField("layer")
-    rest.ClearField("layers")
-    return CaffeFile(net=rest, layers=layers, path=path, format=fmt)
-
-
-def _copy_layer(lp: pb.LayerParameter) -> pb.LayerParameter:
-    out = pb.LayerParameter()
-    out.CopyFrom(lp)
-    return out
-
-
-def _blob_from_message(blob: pb.BlobProto, where: str) -> tuple[np.ndarray, bool]:
-    return _decode_blob(blob.SerializeToString(), 0, blob.ByteSize(), where)
-
-
-# ----------------------------------------------------------------------------- writing
-
-def encode_blob(array: np.ndarray, legacy_4d: bool = False) -> list[bytes]:
-    """BlobProto bytes for an array, as chunks (the float payload is not copied into a new
-    buffer beyond one little-endian float32 conversion)."""
-    data = np.ascontiguousarray(array, dtype="<f4")
-    header = bytearray()
-    if legacy_4d:
-        dims = [1] * (4 - data.ndim) + list(data.shape)
-        if len(dims) != 4:
-            raise ValueError("legacy blobs are at most 4-D")
-        for number, d in zip((_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH), dims):
-            header += field_key(number, VARINT) + encode_varint(int(d))
-    else:
-        packed = b"".join(encode_varint(int(d)) for d in data.shape)
-        shape_msg = field_key(1, LEN) + encode_varint(len(packed)) + packed if data.ndim else b""
-        header += field_key(_BLOB_SHAPE, LEN) + encode_varint(len(shape_msg)) + shape_msg
-    payload = memoryview(data).cast("B")
-    header += field_key(_BLOB_DATA, LEN) + encode_varint(payload.nbytes)
-    return [bytes(header), payload]
-
-
-def write_caffemodel(path: str | os.PathLike, net: pb.NetParameter,
-                     blobs: dict[str, list[np.ndarray]], v1: bool = False,
-                     legacy_blobs: bool = False) -> None:
-    """Write a .caffemodel: `net`'s layers with `blobs[layer name]` attached.
-
-    Blob bytes are streamed straight from the arrays. With ``v1`` the layers are written in the
-    V1 `layers` format (net must then hold V1LayerParameter entries in `net.layers`).
-    """
-    head = pb.NetParameter()
-    head.CopyFrom(net)
-    head.ClearField("layer")
-    head.ClearField("layers")
-    entries = net.layers if v1 else net.layer
-    number, blob_field = (_NET_LAYERS_V1, _V1_BLOBS) if v1 else (_NET_LAYER, _LAYER_BLOBS)
-    with open(path, "wb") as out:
-        out.write(head.SerializeToString())
-        for entry in entries:
-            body = entry.SerializeToString()
-            chunks = []
-            for array in blobs.get(entry.name, []):
-                blob_chunks = encode_blob(array, legacy_4d=legacy_blobs)
-                size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in blob_chunks)
-                chunks.append(field_key(blob_field, LEN) + encode_varint(size))
-                chunks.extend(blob_chunks)
-            total = len(body) + sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
-            out.write(field_key(number, LEN) + encode_varint(total))
-            out.write(body)
-            for c in chunks:
-                out.write(c)

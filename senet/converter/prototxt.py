@@ -1,0 +1,158 @@
+"""Reading text .prototxt files (plain or gzipped) into the reader's `CaffeFile`.
+
+An unknown field is an error naming field and line, or, when asked, skipped with a warning;
+blobs written inline in the text become NumPy arrays as in a binary file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from senet.converter import caffe_pb2 as pb
+from senet.converter.caffe_reader import CaffeFile, RawLayer, decode_blob
+from senet.errors import CaffeFormatError
+
+
+def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
+                  warn=None) -> CaffeFile:
+    """Read a text .prototxt; an unknown field is an error naming field and line.
+
+    With ``allow_unknown_fields`` it is skipped and reported through ``warn(message)``.
+    """
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+        if path.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        text = raw.decode("utf-8", errors="strict")
+    except FileNotFoundError:
+        raise CaffeFormatError("file not found", where=path) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        raise CaffeFormatError("not a valid gzip file", where=path) from None
+    except UnicodeDecodeError:
+        raise CaffeFormatError("not a text prototxt (not UTF-8)", where=path,
+                               hint="a binary .caffemodel given as --prototxt?") from None
+    except OSError as exc:
+        raise CaffeFormatError(f"cannot read: {exc.strerror}", where=path) from None
+    net, unknown = _parse_skipping_unknown_fields(text, path)
+    if unknown and not allow_unknown_fields:
+        raise CaffeFormatError("; ".join(unknown), where=path,
+                               hint="fields from a Caffe fork that senet's schema lacks; "
+                                    "--allow-unknown-fields skips them with a warning")
+    if unknown and warn:
+        warn(f"{path}: ignored unknown fields (--allow-unknown-fields): " + "; ".join(unknown))
+    return _from_net_parameter(net, path)
+
+
+def _parse_skipping_unknown_fields(text: str, path: str, limit: int = 1000
+                                   ) -> tuple[pb.NetParameter, list[str]]:
+    """The net parsed with every field unknown to our schema skipped, and one
+    'line N: ... has no field named X' message per such field, in the order found."""
+    found: list[str] = []
+    while True:
+        net = pb.NetParameter()
+        try:
+            text_format.Parse(text, net)
+            return net, found
+        except text_format.ParseError as exc:
+            unknown = "has no field named" in str(exc) and exc.GetLine()
+            if not unknown or len(found) >= limit:
+                raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
+            found.append(_describe_parse_error(exc).rstrip("."))
+            text = _blank_field(text, exc.GetLine(), exc.GetColumn())
+
+
+def _blank_field(text: str, line: int, column: int) -> str:
+    """Replace the field starting at line:column (name, optional ':', then a scalar, a quoted
+    string, a [list] or a {block}) by spaces, keeping newlines so line numbers stay true."""
+    lines = text.split("\n")
+    start = sum(len(l) + 1 for l in lines[:line - 1]) + column - 1
+    pos = start
+    n = len(text)
+    while pos < n and (text[pos].isalnum() or text[pos] in "_.[]/"):
+        pos += 1  # the field name (extensions are bracketed)
+    while pos < n and text[pos] in " \t\r\n:":
+        pos += 1
+    depth, quote = 0, None
+    while pos < n:
+        ch = text[pos]
+        if quote:
+            if ch == "\\":
+                pos += 1
+            elif ch == quote:
+                quote = None
+                if depth == 0:
+                    pos += 1
+                    break
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "{[<":
+            depth += 1
+        elif ch in "}]>":
+            depth -= 1
+            if depth <= 0:
+                pos += 1
+                break
+        elif depth == 0 and (ch.isspace() or ch in ";,"):
+            break
+        pos += 1
+    return text[:start] + "".join(c if c == "\n" else " " for c in text[start:pos]) + text[pos:]
+
+
+def _describe_parse_error(exc: text_format.ParseError) -> str:
+    line = getattr(exc, "GetLine", lambda: None)()
+    message = str(exc)
+    # protobuf formats "LINE:COL : message"; keep the message and name the line ourselves.
+    if " : " in message:
+        message = message.split(" : ", 1)[1]
+    message = message.replace('"senet.caffe.', '"').replace("senet.caffe.", "")
+    return f"line {line}: {message}" if line else message
+
+
+def parse_prototxt_text(text: str, path: str = "<text>") -> CaffeFile:
+    """Parse prototxt text held in memory (used by tests and the model writer)."""
+    net = pb.NetParameter()
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as exc:
+        raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
+    return _from_net_parameter(net, path)
+
+
+def _from_net_parameter(net: pb.NetParameter, path: str) -> CaffeFile:
+    from senet.converter.upgrade import upgrade_v1_layer
+    layers = [RawLayer(param=_copy_layer(lp)) for lp in net.layer]
+    fmt = "V2"
+    if net.layers:
+        if net.layer:
+            raise CaffeFormatError("file mixes `layer` and V1 `layers` entries", where=path)
+        fmt = "V1"
+        layers = [RawLayer(param=upgrade_v1_layer(v1, f"{path}: layer #{i}"))
+                  for i, v1 in enumerate(net.layers)]
+    for layer in layers:
+        for blob in layer.param.blobs:
+            arr, legacy = _blob_from_message(blob, f"{path}: layer '{layer.param.name}'")
+            layer.blobs.append(arr)
+            layer.legacy.append(legacy)
+        layer.param.ClearField("blobs")
+    rest = pb.NetParameter()
+    rest.CopyFrom(net)
+    rest.ClearField("layer")
+    rest.ClearField("layers")
+    return CaffeFile(net=rest, layers=layers, path=path, format=fmt)
+
+
+def _copy_layer(lp: pb.LayerParameter) -> pb.LayerParameter:
+    out = pb.LayerParameter()
+    out.CopyFrom(lp)
+    return out
+
+
+def _blob_from_message(blob: pb.BlobProto, where: str) -> tuple[np.ndarray, bool]:
+    return decode_blob(blob.SerializeToString(), 0, blob.ByteSize(), where)
