@@ -209,7 +209,8 @@ def _write_torch_format(net, destination, options, progress):
         if options.outputs or not options.fold:
             raise UsageError("--outputs and --no-fold do not apply to --to timm")
         from senet.converter.to_timm import export_timm
-        export_timm(net, destination, exact=options.timm_exact)
+        from senet.manifest import recognise
+        export_timm(net, destination, recognise(net), exact=options.timm_exact)
         return
     from senet.converter.torch_io import export_pt2, save_safetensors
     write = export_pt2 if options.target == "torch" else save_safetensors

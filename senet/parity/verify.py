@@ -153,6 +153,7 @@ def discover_class_folders(val_dir: Path, classes: list[str]):
 
 def list_samples(options: VerifyOptions, entry, val_dir: Path) -> tuple[list, list[str]]:
     """(every labelled image in order, class names in the model's output order)."""
+    from senet.classes import class_order
     from senet.parity import data
     classes = entry_classes(entry)
     if classes is not None:
@@ -161,7 +162,7 @@ def list_samples(options: VerifyOptions, entry, val_dir: Path) -> tuple[list, li
         return discover_class_folders(val_dir, classes), classes
     order = entry.class_order
     return data.discover(val_dir, options.labels, options.label_order, order), \
-        data.class_order(order)
+        class_order(order)
 
 
 def default_workers(local_world: int) -> int:

@@ -42,7 +42,7 @@ def solid_batch(colours) -> np.ndarray:
 
 
 def val_folder(root, cases=CASES):
-    from senet.parity.data import class_order
+    from senet.classes import class_order
     wnids = class_order("devkit")
     for k, (label, rank) in enumerate(cases):
         write_image(root / wnids[label] / f"{k:03d}.png", colour_for(label, rank))
