@@ -84,19 +84,13 @@ def caffemodel_form(path: Path, prototxt: str | None = None) -> Form:
     from senet.converter.load import load_net
     from senet.converter.to_onnx import build_graph, write_model
     net = load_net(str(path), prototxt)
-    inputs = set(net.inputs)
-    blobs = []
-    for layer in net.layers:
-        for top in layer.tops:
-            caffe_name = top.split("#", 1)[0]
-            if net.final_names.get(caffe_name) == top and top not in inputs:
-                blobs.append(caffe_name)
+    blobs = net.final_blobs()
     model, initializers = build_graph(net, blobs)
     with tempfile.TemporaryDirectory(prefix="senet-compare-") as folder:
         onnx_path = Path(folder) / "all_blobs.onnx"
         write_model(onnx_path, model, initializers, source=net.weight_file)
         session = _ort_session(str(onnx_path))
-    outputs = [o.split("#", 1)[0] for o in net.default_outputs()]
+    outputs = [net.caffe_name(o) for o in net.default_outputs()]
     shape = next(iter(net.inputs.values()))
     return Form(path, "caffemodel", tuple(shape), outputs, _session_runner(session, blobs), net)
 

@@ -177,7 +177,7 @@ def _logits_blob(net) -> str | None:
     if producer is None or producer.type != "Softmax" or len(producer.bottoms) != 1:
         return None
     bottom = producer.bottoms[0]
-    caffe_name = bottom.split("#", 1)[0]
+    caffe_name = net.caffe_name(bottom)
     # An in-place Softmax overwrote its input: the scores then have no Caffe name to ask for.
     return caffe_name if net.final_names.get(caffe_name) == bottom else None
 
