@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from senet.errors import SenetError, UsageError
-from senet.files import sha256_file
+from senet.errors import ConversionError, SenetError, UsageError
+from senet.files import atomic_output, sha256_file
 
 WEIGHT_SUFFIXES = {".caffemodel": "caffemodel", ".onnx": "onnx", ".pt2": "pt2"}
 BACKENDS = ("onnxruntime", "torch")
@@ -67,10 +67,9 @@ def _write_json(path: Path, data: dict) -> None:
     """Best effort, atomic: a cache that cannot be written only costs time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, ConversionError):
         pass
 
 
