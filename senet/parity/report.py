@@ -59,8 +59,7 @@ def build_report(ev) -> dict:
         "runtime": {"backend": ev.backend, "device": ev.device, "world_size": ev.world_size,
                     "seconds": round(ev.seconds, 3), "images_computed": ev.computed},
         "dataset": {"val_dir": str(ev.val_dir), "listing_digest": ev.listing_digest,
-                    "class_order": entry.class_order if isinstance(entry.class_order, str)
-                    else "explicit", "classes": len(ev.classes)},
+                    "class_order": entry.class_order, "classes": len(ev.classes)},
         "preprocessing": ev.preprocessing,
         "per_class": per_class,
     }
