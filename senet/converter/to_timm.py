@@ -1,8 +1,9 @@
 """Export a published SENet Caffe model as a checkpoint for timm's legacy SENet models.
 
-``export_timm(net, path, recognise(net))`` writes a safetensors file whose keys and shapes are exactly the
-``state_dict`` of ``timm.create_model(<timm name>)`` for SE-ResNet-50/101/152, SE-ResNeXt-50/101
-(32x4d) and SENet-154 (timm's ``legacy_*`` models), so it loads with ``strict=True``. Each Caffe
+``export_timm(net, path, recognise(net))`` writes a safetensors file whose keys and shapes are
+exactly the ``state_dict`` of ``timm.create_model(<timm name>)`` for SE-ResNet-50/101/152,
+SE-ResNeXt-50/101 (32x4d) and SENet-154 (timm's ``legacy_*`` models), so it loads with
+``strict=True``. Each Caffe
 BatchNorm + Scale pair becomes one ``BatchNorm2d`` (gamma, beta, and the statistics divided by
 Caffe's stored factor; a Caffe eps other than timm's 1e-5 is folded into ``running_var``), the
 SE 1x1 convolutions become ``se_module.fc1/fc2`` and the classifier's rows are reordered from
