@@ -155,6 +155,9 @@ def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
               help="Labels file: Caffe's val.txt or LOC_val_solution.csv.")
 @click.option("--label-order", type=click.Choice(["sorted", "devkit"]), default="sorted",
               show_default=True, help="Class order of numeric labels in --labels.")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              envvar="SENET_MANIFEST", help="Models to know, as a YAML file like senet's weights_manifest.yaml "
+                   "(default: the published ones; env SENET_MANIFEST).")
 @click.option("--weights-dir", default="~/.cache/senet", show_default=True,
               help="Where the published .caffemodel files are looked up.")
 @click.option("--cache-dir", default="~/.cache/senet", show_default=True,
@@ -240,11 +243,12 @@ def _summary(reports, plot) -> int:
 
 
 def _compare(paths, image, tolerance, seed, options) -> int:
-    from senet.manifest import lookup
+    from senet.manifest import load_manifest, lookup
     from senet.parity.compare import DEFAULT_TOLERANCE, compare, format_comparison
-    entry = lookup(options["model"]) if options["model"] else None
+    manifest = load_manifest(options["manifest"]) if options["manifest"] else None
+    entry = lookup(options["model"], manifest) if options["model"] else None
     result = compare(paths[0], paths[1], DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                     entry, image, seed, options["prototxt"])
+                     entry, image, seed, options["prototxt"], manifest=manifest)
     click.echo("\n".join(format_comparison(result, Path(paths[0]).name, Path(paths[1]).name)))
     return 1 if result.first_exceeding is not None else 0
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from senet.errors import ConversionError
+from senet.errors import ConversionError, SenetError
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -49,10 +49,11 @@ class BackgroundSha256:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+def atomic_output(path: str | os.PathLike, what: str | None = None,
+                  error: type[SenetError] = ConversionError) -> Iterator[str]:
     """Yields a temporary path beside `path`, renamed to `path` (with the usual 0666-minus-umask
     mode) when the block completes and removed when it fails: no partial output is ever left.
-    OSErrors become one-line ConversionErrors naming the file."""
+    OSErrors become one-line `error`s naming the file (and `what` it is, e.g. "report")."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
@@ -60,8 +61,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}",
                                    dir=folder)
     except OSError as exc:
-        raise ConversionError(f"cannot write to {folder}: {exc.strerror or exc}",
-                              where=str(path)) from None
+        problem = f"cannot write {what}" if what else f"cannot write to {folder}"
+        raise error(f"{problem}: {exc.strerror or exc}", where=str(path)) from None
     os.close(fd)
     try:
         yield tmp
@@ -75,6 +76,6 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise ConversionError(f"cannot write: {exc.strerror or exc}",
-                                  where=str(path)) from None
+            problem = f"cannot write {what}" if what else "cannot write"
+            raise error(f"{problem}: {exc.strerror or exc}", where=str(path)) from None
         raise

@@ -6,6 +6,10 @@ weights and held-out images ship inside the package (``weights_path``, ``val_dir
 to the ``senet`` package), their classes are listed (``class_order: explicit``, ``classes``) and
 their errors are the measured ones.
 
+``load_manifest()`` is the shipped manifest; ``load_manifest(path)`` reads another file of the
+same form, and ``lookup``/``recognise`` (and the parity tools) take such a manifest as an
+argument, None meaning the shipped one.
+
 ``python -m senet.manifest PROTOTXT...`` prints the fingerprint block for prototxts; that is how
 the manifest's fingerprints were produced (a test recomputes them from ../shared).
 """
@@ -13,7 +17,9 @@ the manifest's fingerprints were produced (a test recomputes them from ../shared
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -66,19 +72,15 @@ class ModelEntry:
     architecture: str | None = None
     """The deploy prototxt shipped in the package (optionally gzipped), relative to it."""
 
-    def bundled_weights(self) -> Path | None:
-        """Path of the caffemodel that ships with senet, or None (published models)."""
-        return _package_path(self.weights_path)
 
-    def bundled_val_dir(self) -> Path | None:
-        """Path of the held-out image folder that ships with senet, or None."""
-        return _package_path(self.val_dir)
+Manifest = Mapping[str, ModelEntry]
+"""The models by canonical name, as ``load_manifest`` returns them."""
 
 
-def _package_path(relative: str | None) -> Path | None:
-    if relative is None:
-        return None
-    return Path(str(resources.files("senet").joinpath(*relative.split("/"))))
+def package_path(relative: str | os.PathLike) -> Path:
+    """A path given relative to the installed ``senet`` package (absolute paths unchanged)."""
+    path = Path(relative)
+    return path if path.is_absolute() else Path(str(resources.files("senet"))) / path
 
 
 def fingerprint(net: CaffeNet) -> Fingerprint:
@@ -95,9 +97,27 @@ def fingerprint(net: CaffeNet) -> Fingerprint:
     return Fingerprint(net.parameter_count(), count, h.hexdigest()[:16])
 
 
+def load_manifest(path: str | os.PathLike | None = None) -> dict[str, ModelEntry]:
+    """The models of a manifest file (None: the shipped weights_manifest.yaml)."""
+    if path is None:
+        return _shipped_manifest()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        return _parse(text)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"not a model manifest ({type(exc).__name__}: {exc})",
+                         where=str(path)) from None
+
+
 @lru_cache(maxsize=1)
-def load_manifest() -> dict[str, ModelEntry]:
-    text = resources.files("senet").joinpath("weights_manifest.yaml").read_text()
+def _shipped_manifest() -> dict[str, ModelEntry]:
+    return _parse(resources.files("senet").joinpath("weights_manifest.yaml").read_text())
+
+
+def _parse(text: str) -> dict[str, ModelEntry]:
     raw = yaml.safe_load(text)
     entries = {}
     for name, d in raw["models"].items():
@@ -123,20 +143,22 @@ def load_manifest() -> dict[str, ModelEntry]:
     return entries
 
 
-def lookup(name: str) -> ModelEntry:
-    """A model by canonical name or alias (case-insensitive); UsageError lists the known ones."""
+def lookup(name: str, manifest: Manifest | None = None) -> ModelEntry:
+    """A model of `manifest` (None: the shipped one) by canonical name or alias
+    (case-insensitive); UsageError lists the known ones."""
+    models = load_manifest() if manifest is None else manifest
     key = name.lower()
-    for entry in load_manifest().values():
+    for entry in models.values():
         if key == entry.name or key in (a.lower() for a in entry.aliases):
             return entry
-    raise UsageError(f"unknown model '{name}'",
-                     hint="known: " + ", ".join(load_manifest()))
+    raise UsageError(f"unknown model '{name}'", hint="known: " + ", ".join(models))
 
 
-def recognise(net: CaffeNet) -> ModelEntry | None:
-    """The published model whose architecture fingerprint the net matches, if any."""
+def recognise(net: CaffeNet, manifest: Manifest | None = None) -> ModelEntry | None:
+    """The model of `manifest` (None: the shipped one) whose architecture fingerprint the net
+    matches, if any."""
     fp = fingerprint(net)
-    for entry in load_manifest().values():
+    for entry in (load_manifest() if manifest is None else manifest).values():
         if entry.fingerprint == fp:
             return entry
     return None
@@ -150,12 +172,12 @@ def _layers_with_blobs(net: CaffeNet) -> list[tuple[str, list[tuple[int, ...]]]]
 def check_architecture(net: CaffeNet, entry: ModelEntry) -> None:
     """Raise ShapeError naming the first layer where `net` differs from the published model
     `entry` (layer order, names and blob shapes); return if the architecture matches."""
-    if recognise(net) == entry:
+    if fingerprint(net) == entry.fingerprint:
         return
     from senet.converter.load import load_net
-    path = _package_path(entry.architecture)
-    if path is None:
+    if entry.architecture is None:
         raise UsageError(f"model '{entry.name}' has no architecture to compare with")
+    path = package_path(entry.architecture)
     expected = _layers_with_blobs(load_net(prototxt=str(path), weights_optional=True))
     ours = _layers_with_blobs(net)
     for k, (mine, theirs) in enumerate(zip(ours, expected)):

@@ -11,6 +11,7 @@ import senet
 from senet.converter.load import load_net
 from senet.errors import UsageError
 from senet.manifest import fingerprint, load_manifest, lookup, recognise
+from tests.parity.synthetic import colour_entry, with_entries, write_colour_net, write_manifest
 from tests.conftest import require_shared
 
 PROTOTXTS = {
@@ -34,7 +35,6 @@ def test_manifest_lists_the_seven_models_and_the_bundled_demo():
         entry = load_manifest()[name]
         assert entry.class_order == "devkit"
         assert (entry.classes, entry.weights_path, entry.val_dir) == (None, None, None)
-        assert entry.bundled_weights() is None and entry.bundled_val_dir() is None
 
 
 @pytest.mark.parametrize("name", sorted(PROTOTXTS))
@@ -79,3 +79,27 @@ def test_architecture_mismatch_names_the_layer():
         check_architecture(net, load_manifest()["se_resnext50_32x4d"])
     with pytest.raises(ShapeError, match="not senet154"):
         check_architecture(net, load_manifest()["senet154"])
+
+
+def test_a_manifest_file_or_object_is_passed_not_installed(tmp_path):
+    """lookup and recognise know exactly the models of the manifest they are given."""
+    model = write_colour_net(tmp_path)
+    entry = colour_entry(model)
+    net = load_net(str(model))
+    path = write_manifest(tmp_path, entry)
+    from_file = load_manifest(path)
+    assert from_file == with_entries(entry) and from_file["colour_nn"] == entry
+    for known in (from_file, with_entries(entry)):
+        assert lookup("colour_nn", known) == entry and recognise(net, known) == entry
+        assert lookup("SE-ResNet-50", known) == load_manifest()["se_resnet50"]
+    assert recognise(net) is None
+    with pytest.raises(UsageError, match="unknown model 'colour_nn'"):
+        lookup("colour_nn")
+    only = {"colour_nn": entry}
+    with pytest.raises(UsageError, match="known: colour_nn"):
+        lookup("se_resnet50", only)
+    with pytest.raises(UsageError, match="cannot read manifest"):
+        load_manifest(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("models: {x: {aliases: []}}\n")
+    with pytest.raises(UsageError, match="not a model manifest"):
+        load_manifest(tmp_path / "bad.yaml")

@@ -61,6 +61,17 @@ class CaffeNet:
         outs = [t for layer in self.layers for t in layer.tops if t not in used]
         return outs or list(self.inputs)
 
+    def caffe_name(self, ssa: str) -> str:
+        """The Caffe blob that the SSA name `ssa` is a version of."""
+        if self.final_names.get(ssa) == ssa:
+            return ssa  # a final write keeps its Caffe name, even one that contains '#'
+        return ssa.rsplit("#", 1)[0]
+
+    def final_blobs(self) -> list[str]:
+        """Caffe names of the blobs the layers write, in the order of their final writes."""
+        return [self.caffe_name(top) for layer in self.layers for top in layer.tops
+                if self.final_names.get(self.caffe_name(top)) == top]
+
     def resolve_output(self, caffe_name: str) -> str:
         """SSA name of the final value of a Caffe blob, or GraphError listing what exists."""
         if caffe_name in self.final_names:
@@ -75,7 +86,7 @@ class CaffeNet:
         if outputs:
             pairs = [(name, self.resolve_output(name)) for name in outputs]
         else:
-            pairs = [(ssa.split("#", 1)[0], ssa) for ssa in self.default_outputs()]
+            pairs = [(self.caffe_name(ssa), ssa) for ssa in self.default_outputs()]
         if len({public for public, _ in pairs}) != len(pairs):
             raise GraphError("an output is requested twice")
         return pairs

@@ -1,8 +1,9 @@
 """Export a published SENet Caffe model as a checkpoint for timm's legacy SENet models.
 
-``export_timm(net, path)`` writes a safetensors file whose keys and shapes are exactly the
-``state_dict`` of ``timm.create_model(<timm name>)`` for SE-ResNet-50/101/152, SE-ResNeXt-50/101
-(32x4d) and SENet-154 (timm's ``legacy_*`` models), so it loads with ``strict=True``. Each Caffe
+``export_timm(net, path, recognise(net))`` writes a safetensors file whose keys and shapes are
+exactly the ``state_dict`` of ``timm.create_model(<timm name>)`` for SE-ResNet-50/101/152,
+SE-ResNeXt-50/101 (32x4d) and SENet-154 (timm's ``legacy_*`` models), so it loads with
+``strict=True``. Each Caffe
 BatchNorm + Scale pair becomes one ``BatchNorm2d`` (gamma, beta, and the statistics divided by
 Caffe's stored factor; a Caffe eps other than timm's 1e-5 is folded into ``running_var``), the
 SE 1x1 convolutions become ``se_module.fc1/fc2`` and the classifier's rows are reordered from
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from senet.classes import remap_table
 from senet.converter.graph import CaffeNet, Layer
 from senet.converter.semantics import batchnorm_statistics, spatial_param
 from senet.errors import ConversionError
@@ -165,16 +167,14 @@ def timm_layout(timm_name: str) -> dict[str, tuple[int, ...]]:
 
 # ----------------------------------------------------------------------------- conversion
 
-def timm_state_dict(net: CaffeNet, exact: bool = False
+def timm_state_dict(net: CaffeNet, entry, exact: bool = False
                     ) -> tuple[str, dict[str, np.ndarray], dict]:
     """(timm model name, state_dict as NumPy arrays in timm's order, pretrained_cfg).
 
-    Raises ConversionError (one line) for a net that is not one of the six published SENets
-    timm has, or whose layers do not have the geometry timm's model gives them."""
-    from senet.manifest import recognise
-    from senet.parity.data import remap_table
-
-    entry = recognise(net)
+    ``entry`` is the published model the net was recognised as (``senet.manifest.recognise``:
+    a ModelEntry, or None). Raises ConversionError (one line) for a net that is not one of the
+    six published SENets timm has, or whose layers do not have the geometry timm's model gives
+    them."""
     if entry is None:
         raise ConversionError("a timm checkpoint needs one of the published SE-ResNet-50/101/"
                               "152, SE-ResNeXt-50/101 or SENet-154 models; this net's "
@@ -337,13 +337,14 @@ def pretrained_cfg(timm_name: str, caffe_mean, caffe_scale: float, exact: bool) 
 
 # ----------------------------------------------------------------------------- writing
 
-def export_timm(net: CaffeNet, path: str | os.PathLike, exact: bool = False) -> dict:
-    """Write the timm checkpoint of `net` to `path` (safetensors, written to a temporary file
-    in the same folder and renamed when complete) and return its pretrained_cfg, which is also
-    stored as JSON in the file's metadata ("pretrained_cfg")."""
+def export_timm(net: CaffeNet, path: str | os.PathLike, entry, exact: bool = False) -> dict:
+    """Write the timm checkpoint of `net`, recognised as `entry` (see timm_state_dict), to
+    `path` (safetensors, written to a temporary file in the same folder and renamed when
+    complete) and return its pretrained_cfg, which is also stored as JSON in the file's
+    metadata ("pretrained_cfg")."""
     from safetensors.numpy import save_file
 
-    timm_name, state, cfg = timm_state_dict(net, exact)
+    timm_name, state, cfg = timm_state_dict(net, entry, exact)
     metadata = {
         "format": "pt",
         "timm_model": timm_name,

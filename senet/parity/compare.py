@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from senet.errors import UsageError
+from senet.manifest import Manifest, recognise
 from senet.parity.runners import WeightsMismatchError, weights_format
 
 DEFAULT_TOLERANCE = 1e-4
@@ -84,19 +85,13 @@ def caffemodel_form(path: Path, prototxt: str | None = None) -> Form:
     from senet.converter.load import load_net
     from senet.converter.to_onnx import build_graph, write_model
     net = load_net(str(path), prototxt)
-    inputs = set(net.inputs)
-    blobs = []
-    for layer in net.layers:
-        for top in layer.tops:
-            caffe_name = top.split("#", 1)[0]
-            if net.final_names.get(caffe_name) == top and top not in inputs:
-                blobs.append(caffe_name)
+    blobs = net.final_blobs()
     model, initializers = build_graph(net, blobs)
     with tempfile.TemporaryDirectory(prefix="senet-compare-") as folder:
         onnx_path = Path(folder) / "all_blobs.onnx"
         write_model(onnx_path, model, initializers, source=net.weight_file)
         session = _ort_session(str(onnx_path))
-    outputs = [o.split("#", 1)[0] for o in net.default_outputs()]
+    outputs = [net.caffe_name(o) for o in net.default_outputs()]
     shape = next(iter(net.inputs.values()))
     return Form(path, "caffemodel", tuple(shape), outputs, _session_runner(session, blobs), net)
 
@@ -221,8 +216,10 @@ def diff(name: str, a: np.ndarray, b: np.ndarray, tolerance: float) -> BlobDiff:
 
 
 def compare(path_a: str, path_b: str, tolerance: float = DEFAULT_TOLERANCE, entry=None,
-            image: str | None = None, seed: int = 0, prototxt: str | None = None) -> Comparison:
-    """Run both forms on one input and diff every blob they share, in A's layer order."""
+            image: str | None = None, seed: int = 0, prototxt: str | None = None,
+            manifest: Manifest | None = None) -> Comparison:
+    """Run both forms on one input and diff every blob they share, in A's layer order.
+    Without `entry`, a caffemodel is recognised among `manifest`'s models (None: shipped)."""
     if not tolerance >= 0:
         raise UsageError(f"--tolerance must be 0 or more, got {tolerance}")
     a, b = load_form(path_a, prototxt), load_form(path_b, prototxt)
@@ -232,8 +229,7 @@ def compare(path_a: str, path_b: str, tolerance: float = DEFAULT_TOLERANCE, entr
             f"{Path(path_b).name} takes {'x'.join(map(str, b.input_shape[1:]))}",
             hint="are they forms of the same model?")
     if entry is None:
-        from senet.manifest import recognise
-        entry = next((recognise(f.net) for f in (a, b) if f.net is not None), None)
+        entry = next((recognise(f.net, manifest) for f in (a, b) if f.net is not None), None)
     x, desc = make_input(a, b, entry, image, seed)
     blobs_a, blobs_b = a.run(x), b.run(x)
     blobs_a, blobs_b = _match_positional(a, blobs_a, b, blobs_b)

@@ -1,11 +1,7 @@
 """ImageNet (ILSVRC2012) validation sets: folder layouts, ground-truth labels, class orders.
 
-Two class orders exist and they are easy to mix up:
-
-* ``"devkit"``: the ILSVRC2012 devkit order (``ILSVRC2012_ID - 1``). The SENet Caffe models emit
-  their 1000 scores in this order (``kit fox`` n02119789 is class 0).
-* ``"sorted"``: WNIDs sorted as strings (n01440764 tench is class 0). Caffe's own ilsvrc12 aux
-  files (``synsets.txt``, ``val.txt``) and torchvision's ImageFolder use it.
+The two class orders, ``"devkit"`` (the SENet models' outputs) and ``"sorted"`` (Caffe's
+``val.txt``, torchvision), and the tables between them are ``senet.classes``'.
 
 Labels are carried as WNIDs internally and turned into indices of the model's order only at the
 end, so no label ever goes through an index of the wrong order.
@@ -30,18 +26,15 @@ import csv
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from senet.classes import NUM_CLASSES, check_order, label_data, remap_table, wnid_index, wnids
 from senet.errors import DatasetError, UsageError
-
-CLASS_ORDERS = ("devkit", "sorted")
-NUM_CLASSES = 1000
 NUM_VAL_IMAGES = 50_000
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".jpe", ".png"})
 LAYOUTS = ("wnid-folders", "flat", "labels-file")
@@ -60,58 +53,12 @@ class Sample:
 
 
 # ---------------------------------------------------------------------------------------------
-# class orders and the shipped ground truth
-
-
-def _label_data(name: str) -> bytes:
-    return (resources.files("senet.parity") / "labels" / name).read_bytes()
-
-
-@lru_cache(maxsize=None)
-def _wnids(order: str) -> tuple[str, ...]:
-    devkit = tuple(_label_data("devkit_synsets.txt").decode("ascii").split())
-    if order == "devkit":
-        return devkit
-    return tuple(sorted(devkit))
-
-
-@lru_cache(maxsize=None)
-def _index(order: str) -> dict[str, int]:
-    return {wnid: i for i, wnid in enumerate(_wnids(order))}
-
-
-def _check_order(order: str, what: str = "class order") -> str:
-    if order not in CLASS_ORDERS:
-        raise UsageError(f"unknown {what} '{order}'", hint=f"use one of: {', '.join(CLASS_ORDERS)}")
-    return order
-
-
-def class_order(order: str = "devkit") -> list[str]:
-    """The 1000 WNIDs in ``order`` ('devkit' or 'sorted'): class k is element k."""
-    return list(_wnids(_check_order(order)))
-
-
-def class_index(wnid: str, order: str = "devkit") -> int:
-    """Index of ``wnid`` in ``order``; DatasetError when it is not one of the 1000 classes."""
-    try:
-        return _index(_check_order(order))[wnid]
-    except KeyError:
-        raise DatasetError(f"'{wnid}' is not one of the 1000 ILSVRC2012 classes") from None
-
-
-def remap_table(from_order: str, to_order: str) -> np.ndarray:
-    """int64 array ``t`` with ``t[i]`` = index in ``to_order`` of class ``i`` of ``from_order``.
-
-    Use it to move labels or score columns between orders: ``labels_to = t[labels_from]``,
-    ``scores_to[:, t] = scores_from``.
-    """
-    target = _index(_check_order(to_order))
-    return np.array([target[w] for w in _wnids(_check_order(from_order))], dtype=np.int64)
+# the shipped ground truth
 
 
 @lru_cache(maxsize=None)
 def _shipped_devkit_labels() -> np.ndarray:
-    labels = np.frombuffer(_label_data("val_labels_devkit.u16"), dtype="<u2").astype(np.int64)
+    labels = np.frombuffer(label_data("val_labels_devkit.u16"), dtype="<u2").astype(np.int64)
     if labels.shape != (NUM_VAL_IMAGES,) or labels.max() >= NUM_CLASSES:
         raise DatasetError("the packaged validation labels are damaged",
                            where="senet/parity/labels/val_labels_devkit.u16",
@@ -123,7 +70,7 @@ def _shipped_devkit_labels() -> np.ndarray:
 def shipped_val_labels(order: str = "devkit") -> np.ndarray:
     """Ground truth of ILSVRC2012_val_00000001 ... _00050000 (element i = image i + 1), int64."""
     devkit = _shipped_devkit_labels()
-    if _check_order(order) == "devkit":
+    if check_order(order) == "devkit":
         return devkit.copy()
     return remap_table("devkit", order)[devkit]
 
@@ -141,7 +88,7 @@ def read_labels_file(path: str | os.PathLike, label_order: str = "sorted") -> di
     (``LOC_val_solution.csv``; an ``ImageId,...`` header is skipped). Names are kept as written
     (with or without extension, possibly with folders).
     """
-    _check_order(label_order, "label order")
+    check_order(label_order, "label order")
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -155,7 +102,7 @@ def read_labels_file(path: str | os.PathLike, label_order: str = "sorted") -> di
     entries = _read_csv(text, where) if "," in first else _read_caffe_list(text, label_order, where)
     labels: dict[str, str] = {}
     for name, wnid, line_no in entries:
-        if wnid not in _index("devkit"):
+        if wnid not in wnid_index("devkit"):
             raise DatasetError(f"'{wnid}' is not one of the 1000 ILSVRC2012 classes",
                                where=f"{where}:{line_no}")
         key = name.replace("\\", "/").removeprefix("./")
@@ -166,7 +113,7 @@ def read_labels_file(path: str | os.PathLike, label_order: str = "sorted") -> di
 
 
 def _read_caffe_list(text: str, label_order: str, where: str):
-    wnids = _wnids(label_order)
+    names = wnids(label_order)
     for line_no, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -187,7 +134,7 @@ def _read_caffe_list(text: str, label_order: str, where: str):
         if not 0 <= label < NUM_CLASSES:
             raise DatasetError(f"class index {label} is outside 0..{NUM_CLASSES - 1}",
                                where=f"{where}:{line_no}")
-        yield name, wnids[label], line_no
+        yield name, names[label], line_no
 
 
 def _read_csv(text: str, where: str):
@@ -271,7 +218,7 @@ def _detect(val_dir: Path, labels_file) -> tuple[str, list[str], list[str]]:
 
 
 def _wnid_folder_labels(val_dir: Path, folders: list[str]) -> dict[str, str]:
-    known = _index("devkit")
+    known = wnid_index("devkit")
     unknown = [f for f in folders if f not in known]
     if unknown:
         raise DatasetError(
@@ -284,7 +231,7 @@ def _wnid_folder_labels(val_dir: Path, folders: list[str]) -> dict[str, str]:
 
 
 def _flat_labels(images: list[str]) -> tuple[dict[str, str], list[str]]:
-    devkit = _wnids("devkit")
+    devkit = wnids("devkit")
     shipped = _shipped_devkit_labels()
     labelled, missing = {}, []
     for name in images:
@@ -340,8 +287,8 @@ def discover(val_dir: str | os.PathLike, labels_file: str | os.PathLike | None =
     label being the name's position in ``classes``.
     Every image must have a label: otherwise DatasetError says how many lack one and names a few.
     """
-    _check_order(label_order, "label order")
-    _check_order(model_order, "model class order")
+    check_order(label_order, "label order")
+    check_order(model_order, "model class order")
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be a positive number of images, got {limit}")
     val_dir = Path(val_dir)
@@ -362,6 +309,6 @@ def discover(val_dir: str | os.PathLike, labels_file: str | os.PathLike | None =
                            f"{_few(sorted(missing))}", where=str(val_dir), hint=hint)
     if not labelled:
         raise DatasetError("no images found", where=str(val_dir))
-    index = _index(model_order)
+    index = wnid_index(model_order)
     names = sorted(labelled)[:limit]
     return [Sample(val_dir / name, index[labelled[name]]) for name in names]

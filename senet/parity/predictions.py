@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from senet.files import atomic_output
 from senet.parity.metrics import TOP_K
 
 RECORD = np.dtype([("index", "<i8"), ("top", "<i4", (TOP_K,))])
@@ -54,7 +55,8 @@ class PredictionLog:
         self.rank = rank
         self.folder.mkdir(parents=True, exist_ok=True)
         if meta is not None and rank == 0:
-            _write_atomic(self.folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+            with atomic_output(self.folder / "meta.json") as tmp:
+                Path(tmp).write_text(json.dumps(meta, indent=1, sort_keys=True))
         self._fd: int | None = None
 
     def load(self) -> dict[int, np.ndarray]:
@@ -76,6 +78,8 @@ class PredictionLog:
         records["index"] = indices
         records["top"] = top
         if self._fd is None:
+            # Not senet.files.atomic_output: the part file is a log that grows batch by batch
+            # and must survive a crash between batches; whole records make it safe to read.
             path = self.folder / f"part-{self.rank}.bin"
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             _drop_partial_tail(self._fd)
@@ -98,8 +102,3 @@ def _drop_partial_tail(fd: int) -> None:
     if size % RECORD.itemsize:
         os.ftruncate(fd, size - size % RECORD.itemsize)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)

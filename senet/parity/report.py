@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import senet
 from senet.errors import DatasetError, UsageError
+from senet.files import atomic_output
 
 REPORT_FORMAT = "senet-verify/1"
 
@@ -60,8 +60,7 @@ def build_report(ev) -> dict:
         "runtime": {"backend": ev.backend, "device": ev.device, "world_size": ev.world_size,
                     "seconds": round(ev.seconds, 3), "images_computed": ev.computed},
         "dataset": {"val_dir": str(ev.val_dir), "listing_digest": ev.listing_digest,
-                    "class_order": entry.class_order if isinstance(entry.class_order, str)
-                    else "explicit", "classes": len(ev.classes)},
+                    "class_order": entry.class_order, "classes": len(ev.classes)},
         "preprocessing": ev.preprocessing,
         "per_class": per_class,
     }
@@ -168,21 +167,9 @@ def markdown(report: dict) -> str:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write atomically (temp file in the same folder, renamed when complete)."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"cannot write report: {exc.strerror}", where=str(path)) from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a report atomically (senet.files.atomic_output); UsageError when it cannot be."""
+    with atomic_output(path, "report", UsageError) as tmp:
+        Path(tmp).write_text(text)
 
 
 def write_json(path: str | os.PathLike, report: dict) -> None:
@@ -244,13 +231,8 @@ def plot_summary(reports: list[dict], path: str | os.PathLike) -> None:
         ax.legend()
     fig.suptitle("senet-verify: measured ImageNet error vs the paper's Table 1")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part.png")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write plot: {exc.strerror}", where=str(path)) from None
+        with atomic_output(path, "plot", UsageError) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from senet.errors import SenetError, UsageError
-from senet.files import sha256_file
+from senet.errors import ConversionError, SenetError, UsageError
+from senet.files import atomic_output, sha256_file
+from senet.manifest import Manifest, fingerprint, lookup, recognise
 
 WEIGHT_SUFFIXES = {".caffemodel": "caffemodel", ".onnx": "onnx", ".pt2": "pt2"}
 BACKENDS = ("onnxruntime", "torch")
@@ -67,10 +68,9 @@ def _write_json(path: Path, data: dict) -> None:
     """Best effort, atomic: a cache that cannot be written only costs time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, ConversionError):
         pass
 
 
@@ -111,9 +111,11 @@ def choose_backend(backend: str, fmt: str) -> str:
 
 
 def prepare_model(weights: str | os.PathLike, entry, backend: str, cache_dir: str | os.PathLike,
-                  prototxt: str | None = None, step=None) -> PreparedModel:
-    """Check ``weights`` against ``entry`` (a ModelEntry, or None to recognise it) and return a
-    runnable file for ``backend``. WeightsMismatchError when they do not match."""
+                  prototxt: str | None = None, step=None,
+                  manifest: Manifest | None = None) -> PreparedModel:
+    """Check ``weights`` against ``entry`` (a ModelEntry, or None to recognise it among
+    ``manifest``'s models, None meaning the shipped ones) and return a runnable file for
+    ``backend``. WeightsMismatchError when they do not match."""
     weights = Path(weights)
     fmt = weights_format(weights)
     if not weights.is_file():
@@ -121,11 +123,12 @@ def prepare_model(weights: str | os.PathLike, entry, backend: str, cache_dir: st
     backend = choose_backend(backend, fmt)
     sha256 = file_sha256(weights, cache_dir)
     if fmt == "caffemodel":
-        path, entry = _converted(weights, sha256, entry, backend, Path(cache_dir), prototxt, step)
+        path, entry = _converted(weights, sha256, entry, backend, Path(cache_dir), prototxt, step,
+                                 manifest)
         return PreparedModel(path, "onnx" if backend == "onnxruntime" else "pt2", weights, fmt,
                              sha256, entry)
     if fmt == "onnx":
-        entry = _check_onnx_metadata(weights, entry)
+        entry = _check_onnx_metadata(weights, entry, manifest)
     elif entry is None:
         raise UsageError(f"cannot tell which model '{weights.name}' is",
                          hint="pass --model NAME")
@@ -133,9 +136,8 @@ def prepare_model(weights: str | os.PathLike, entry, backend: str, cache_dir: st
 
 
 def _converted(weights: Path, sha256: str, entry, backend: str, cache_dir: Path,
-               prototxt: str | None, step) -> tuple[Path, object]:
+               prototxt: str | None, step, manifest: Manifest | None) -> tuple[Path, object]:
     import senet
-    from senet.manifest import lookup
     target = "onnx" if backend == "onnxruntime" else "pt2"
     variant = sha256_text(f"{senet.__version__}|{target}|"
                           + (file_sha256(prototxt, cache_dir) if prototxt else "-"))[:12]
@@ -147,10 +149,9 @@ def _converted(weights: Path, sha256: str, entry, backend: str, cache_dir: Path,
         if step:
             step(f"converting {weights.name} to {target} (cached under {folder})")
         from senet.converter.load import load_net
-        from senet.manifest import fingerprint, recognise
         net = load_net(str(weights), prototxt)
         fp = fingerprint(net)
-        recognised = recognise(net)
+        recognised = recognise(net, manifest)
         facts = {"fingerprint": [fp.parameters, fp.layers_with_blobs, fp.digest],
                  "recognised": recognised.name if recognised else None,
                  "output": _logits_blob(net), "source": weights.name}
@@ -163,7 +164,7 @@ def _converted(weights: Path, sha256: str, entry, backend: str, cache_dir: Path,
     else:
         _check_fingerprint(weights, entry, facts)
     if entry is None:
-        entry = lookup(facts["recognised"])
+        entry = lookup(facts["recognised"], manifest)
     return out, entry
 
 
@@ -177,7 +178,7 @@ def _logits_blob(net) -> str | None:
     if producer is None or producer.type != "Softmax" or len(producer.bottoms) != 1:
         return None
     bottom = producer.bottoms[0]
-    caffe_name = bottom.split("#", 1)[0]
+    caffe_name = net.caffe_name(bottom)
     # An in-place Softmax overwrote its input: the scores then have no Caffe name to ask for.
     return caffe_name if net.final_names.get(caffe_name) == bottom else None
 
@@ -207,29 +208,18 @@ def _write_converted(net, out: Path, target: str, output: str | None) -> None:
         model, initializers = build_graph(net, outputs)
         write_model(out, model, initializers, source=net.weight_file)
         return
-    _export_pt2()(net, out, outputs=outputs)  # written to a temp file and renamed
-
-
-def _export_pt2():
-    """senet's .pt2 writer (senet.converter.torch_io, or to_torch in older trees)."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise UsageError("the torch backend needs torch", hint="pip install 'senet[torch]', "
                          "or use --backend onnxruntime") from None
-    for module in ("senet.converter.torch_io", "senet.converter.to_torch"):
-        try:
-            return getattr(__import__(module, fromlist=["export_pt2"]), "export_pt2")
-        except (ImportError, AttributeError):
-            continue
-    raise UsageError("this senet has no .pt2 writer (senet.converter.torch_io.export_pt2)",
-                     hint="use --backend onnxruntime")
+    from senet.converter.torch_io import export_pt2
+    export_pt2(net, out, outputs=outputs)  # written to a temp file and renamed
 
 
-def _check_onnx_metadata(path: Path, entry):
+def _check_onnx_metadata(path: Path, entry, manifest: Manifest | None):
     """The model an ONNX file written by senet-convert says it is, checked against ``entry``."""
     import onnx
-    from senet.manifest import lookup
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -242,7 +232,7 @@ def _check_onnx_metadata(path: Path, entry):
         if not claimed or claimed == "none":
             raise UsageError(f"cannot tell which model '{path.name}' is",
                              hint="pass --model NAME")
-        return lookup(claimed)
+        return lookup(claimed, manifest)
     if claimed and claimed != "none" and claimed != entry.name:
         raise WeightsMismatchError(f"the weights do not match model '{entry.name}': the file was "
                                    f"converted from {claimed}", where=str(path))

@@ -14,12 +14,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from senet.errors import DatasetError, UsageError
+from senet.manifest import Manifest, lookup, package_path
 from senet.parity import distributed
 from senet.parity.loader import Preprocessing, iterate_batches
 from senet.parity.metrics import Counts, Gate, judge, top_k
@@ -48,6 +48,7 @@ class VerifyOptions:
     limit: int | None = None
     allow_unreadable: bool = False
     resume: bool = True
+    manifest: Manifest | None = None  # the models to know (None: the shipped manifest)
 
 
 @dataclass
@@ -77,16 +78,8 @@ class Evaluation:
 
 # ---------------------------------------------------------------------------- resolving inputs
 
-def package_path(relative: str | os.PathLike) -> Path:
-    """A path given relative to the installed ``senet`` package (absolute paths unchanged)."""
-    path = Path(relative)
-    return path if path.is_absolute() else Path(str(resources.files("senet"))) / path
-
-
 def entry_classes(entry) -> list[str] | None:
     """An explicit class list (folder names in output order), when the entry has one."""
-    if isinstance(entry.class_order, (list, tuple)):
-        return [str(c) for c in entry.class_order]
     classes = getattr(entry, "classes", None)
     return [str(c) for c in classes] if classes else None
 
@@ -153,6 +146,7 @@ def discover_class_folders(val_dir: Path, classes: list[str]):
 
 def list_samples(options: VerifyOptions, entry, val_dir: Path) -> tuple[list, list[str]]:
     """(every labelled image in order, class names in the model's output order)."""
+    from senet.classes import class_order
     from senet.parity import data
     classes = entry_classes(entry)
     if classes is not None:
@@ -161,7 +155,7 @@ def list_samples(options: VerifyOptions, entry, val_dir: Path) -> tuple[list, li
         return discover_class_folders(val_dir, classes), classes
     order = entry.class_order
     return data.discover(val_dir, options.labels, options.label_order, order), \
-        data.class_order(order)
+        class_order(order)
 
 
 def default_workers(local_world: int) -> int:
@@ -180,8 +174,7 @@ def evaluate(options: VerifyOptions, step=None, progress=None, on_batch=None) ->
     """
     if options.limit is not None and options.limit < 1:
         raise UsageError(f"--limit must be a positive number of images, got {options.limit}")
-    from senet.manifest import lookup
-    entry = lookup(options.model) if options.model else None
+    entry = lookup(options.model, options.manifest) if options.model else None
     weights = resolve_weights(options, entry)
     backend = choose_backend(options.backend, weights_format(weights))
     group = distributed.from_env()
@@ -202,10 +195,12 @@ def _evaluate(options, entry, weights, backend, device, group, step, progress, o
     dataset = _dataset(options, entry, step) if entry is not None else None
     prepared = None
     if group.is_main:  # rank 0 converts first; the others then find the cached file
-        prepared = prepare_model(weights, entry, backend, cache_dir, options.prototxt, step)
+        prepared = prepare_model(weights, entry, backend, cache_dir, options.prototxt, step,
+                                 options.manifest)
     distributed.barrier(group)
     if prepared is None:
-        prepared = prepare_model(weights, entry, backend, cache_dir, options.prototxt)
+        prepared = prepare_model(weights, entry, backend, cache_dir, options.prototxt,
+                                 manifest=options.manifest)
     entry = prepared.entry
     val_dir, samples, classes = dataset or _dataset(options, entry, step)
     selected = samples[:options.limit] if options.limit else samples

@@ -24,6 +24,7 @@ from senet.converter.graph import CaffeNet
 from senet.converter.load import load_net
 from senet.converter.to_timm import export_timm
 from senet.errors import ConversionError
+from senet.manifest import recognise
 from senet.parity.images import preprocess
 from tests.conftest import REPO, require_shared
 from tests.converter.harness import rel_error, write_net
@@ -113,8 +114,8 @@ class Case:
             caffe_net = _net_with_weights(folder, self.text, self.weights)
         self.default_path = folder / "default.safetensors"
         self.exact_path = folder / "exact.safetensors"
-        self.default_cfg = export_timm(caffe_net, self.default_path)
-        self.exact_cfg = export_timm(caffe_net, self.exact_path, exact=True)
+        self.default_cfg = export_timm(caffe_net, self.default_path, recognise(caffe_net))
+        self.exact_cfg = export_timm(caffe_net, self.exact_path, recognise(caffe_net), exact=True)
         self.timm_name = TIMM_NAMES[model]
 
     def timm_model(self, exact: bool, dtype=None):
@@ -169,7 +170,7 @@ def test_checkpoint_has_exactly_timms_keys_and_shapes(tmp_path, model):
     expected = _timm_keys(TIMM_NAMES[model])
     net = load_net(prototxt=str(_prototxt(model)), weights_optional=True)
     path = tmp_path / "model.safetensors"
-    cfg = export_timm(net, path)
+    cfg = export_timm(net, path, recognise(net))
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
     with safe_open(str(path), "np") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -323,7 +324,7 @@ def test_caffe_eps_is_folded_into_running_var(tmp_path):
 
 def _assert_one_line_failure(net, tmp_path, *words):
     with pytest.raises(ConversionError) as info:
-        export_timm(net, tmp_path / "out.safetensors")
+        export_timm(net, tmp_path / "out.safetensors", recognise(net))
     message = str(info.value)
     assert "\n" not in message
     for word in words:
@@ -360,4 +361,4 @@ def test_strides_where_timm_does_not_have_them_are_refused(tmp_path):
 def test_unwritable_target_is_a_conversion_error(tmp_path):
     net = load_net(prototxt=str(_prototxt("SE-ResNet-50")), weights_optional=True)
     with pytest.raises(ConversionError, match="cannot write"):
-        export_timm(net, tmp_path / "missing" / "out.safetensors")
+        export_timm(net, tmp_path / "missing" / "out.safetensors", recognise(net))

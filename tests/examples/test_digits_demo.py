@@ -10,7 +10,7 @@ import pytest
 
 from senet.converter.load import load_net
 from senet.converter.to_onnx import build_graph, write_model
-from senet.manifest import fingerprint, lookup, recognise
+from senet.manifest import fingerprint, lookup, package_path, recognise
 from senet.parity.images import preprocess
 
 PROTOTXT_NAME = "digits_se_demo.prototxt"
@@ -26,7 +26,7 @@ def _samples(entry):
 
     senet.parity.data.discover only knows ILSVRC2012 WNID folders, so the loop is written here.
     """
-    val_dir = entry.bundled_val_dir()
+    val_dir = package_path(entry.val_dir)
     samples = []
     for label, name in enumerate(entry.classes):
         samples.extend((path, label) for path in sorted((val_dir / name).glob("*.png")))
@@ -43,16 +43,16 @@ def test_manifest_entry_points_at_the_bundled_files(entry):
     assert entry.name == "digits_se_demo"
     assert entry.class_order == "explicit"
     assert entry.classes == tuple(f"d{k}" for k in range(10))
-    weights, val_dir = entry.bundled_weights(), entry.bundled_val_dir()
+    weights, val_dir = package_path(entry.weights_path), package_path(entry.val_dir)
     assert weights.is_file() and weights.name == entry.file_name
     assert sorted(p.name for p in val_dir.iterdir() if p.is_dir()) == list(entry.classes)
     assert len(_samples(entry)) == 539
-    assert lookup("se_resnet50").bundled_weights() is None
-    assert lookup("se_resnet50").bundled_val_dir() is None and lookup("se_resnet50").classes is None
+    published = lookup("se_resnet50")
+    assert (published.weights_path, published.val_dir, published.classes) == (None, None, None)
 
 
 def test_caffemodel_matches_its_prototxt_and_fingerprint(entry):
-    weights = entry.bundled_weights()
+    weights = package_path(entry.weights_path)
     stored = load_net(str(weights))
     with_prototxt = load_net(str(weights), prototxt=str(weights.with_name(PROTOTXT_NAME)))
     assert fingerprint(stored) == fingerprint(with_prototxt) == entry.fingerprint
@@ -66,7 +66,7 @@ def test_caffemodel_matches_its_prototxt_and_fingerprint(entry):
 
 
 def test_converted_accuracy_equals_the_manifest(entry, tmp_path):
-    model, initializers = build_graph(load_net(str(entry.bundled_weights())))
+    model, initializers = build_graph(load_net(str(package_path(entry.weights_path))))
     write_model(tmp_path / "digits.onnx", model, initializers)
     session = ort.InferenceSession(str(tmp_path / "digits.onnx"),
                                    providers=["CPUExecutionProvider"])

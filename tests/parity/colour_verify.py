@@ -12,11 +12,11 @@ if str(REPO) not in sys.path:
 
 from senet import manifest  # noqa: E402
 from senet.cli import verify_main  # noqa: E402
-from tests.parity.synthetic import colour_entry  # noqa: E402
+from tests.parity.synthetic import colour_entry, with_entries  # noqa: E402
 
 if __name__ == "__main__":
     entry = colour_entry(Path(sys.argv[1]))
-    known = dict(manifest.load_manifest(), colour_nn=entry)
-    manifest.load_manifest = lambda: known
+    known = with_entries(entry)
+    manifest.load_manifest = lambda path=None: known  # until senet-verify has --manifest
     verify_main(["--model", "colour_nn", "--weights", sys.argv[1], *sys.argv[2:]],
                 prog_name="senet-verify")

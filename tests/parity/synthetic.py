@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from senet import manifest
@@ -132,8 +133,29 @@ def colour_entry(caffemodel: Path, name: str = "colour_nn", top1: float = 0.0,
         fingerprint=manifest.fingerprint(load_net(str(caffemodel))), **changes)
 
 
-def install_entries(monkeypatch, *entries) -> None:
-    """Make ``entries`` known to senet.manifest (lookup and recognise) for one test."""
-    known = dict(manifest.load_manifest())
+def with_entries(*entries, base=None) -> dict[str, manifest.ModelEntry]:
+    """A manifest: ``base``'s models (None: the shipped ones) and ``entries``, for the
+    ``manifest`` arguments of senet.manifest and senet.parity."""
+    known = dict(manifest.load_manifest() if base is None else base)
     known.update({e.name: e for e in entries})
-    monkeypatch.setattr(manifest, "load_manifest", lambda: known)
+    return known
+
+
+def write_manifest(folder: Path, *entries) -> Path:
+    """The shipped models and ``entries`` as a manifest YAML file (``load_manifest(path)``)."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    models = {name: plain({k: v for k, v in dataclasses.asdict(entry).items() if k != "name"})
+              for name, entry in with_entries(*entries).items()}
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump({"models": models}, sort_keys=False))
+    return path
+
+
+def install_entries(monkeypatch, *entries) -> None:
+    """Make ``entries`` known to senet.manifest's shipped manifest for one test: only for tests
+    that go through the command line, which cannot pass a manifest (see write_manifest)."""
+    known = with_entries(*entries)
+    monkeypatch.setattr(manifest, "load_manifest", lambda path=None: known)

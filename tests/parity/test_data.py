@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from senet.errors import DatasetError, UsageError
-from senet.parity.data import (Sample, class_index, class_order, detect_layout, discover,
-                               read_labels_file, remap_table, shipped_val_labels)
+from senet.classes import class_index, class_order, remap_table
+from senet.parity.data import (Sample, detect_layout, discover, read_labels_file,
+                               shipped_val_labels)
 from senet.parity.images import load_image, preprocess
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

@@ -59,7 +59,7 @@ def launch(args: list, nproc: int, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_count_like_one(tmp_path):
-    from senet.parity.data import class_order
+    from senet.classes import class_order
     wnids = class_order("devkit")
     model = write_colour_net(tmp_path)
     val = tmp_path / "val"

@@ -6,6 +6,7 @@ solid-colour image by float64 distances to its prototypes.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -13,14 +14,13 @@ import pytest
 
 from senet.errors import UsageError
 from senet.parity import loader as loader_module
-from senet.parity import runners
 from senet.parity.loader import Preprocessing, iterate_batches
 from senet.parity.predictions import RECORD, PredictionLog
 from senet.parity.runners import (OnnxRunner, WeightsMismatchError, file_sha256, prepare_model,
                                   resolve_device)
 from senet.parity.verify import VerifyOptions, evaluate
 from tests.parity.synthetic import (MEAN_BGR, P, colour_entry, colour_for, expected_counts,
-                                    install_entries, ranking, write_colour_net, write_image)
+                                    ranking, with_entries, write_colour_net, write_image)
 
 COLOURS = [(8, 18, 25), (103, 114, 226), (92, 115, 223), (229, 242, 250), (127, 140, 149)]
 CASES = [(0, 0), (448, 1), (489, 0), (360, 4), (170, 6), (999, 0), (555, 2), (0, 3),
@@ -28,11 +28,11 @@ CASES = [(0, 0), (448, 1), (489, 0), (360, 4), (170, 6), (999, 0), (555, 2), (0,
 
 
 @pytest.fixture
-def colour(tmp_path, monkeypatch):
+def colour(tmp_path):
+    """(caffemodel, its manifest entry 'colour_nn', a manifest that knows it)."""
     model = write_colour_net(tmp_path)
     entry = colour_entry(model)
-    install_entries(monkeypatch, entry)
-    return model, entry
+    return model, entry, with_entries(entry)
 
 
 def solid_batch(colours) -> np.ndarray:
@@ -42,7 +42,7 @@ def solid_batch(colours) -> np.ndarray:
 
 
 def val_folder(root, cases=CASES):
-    from senet.parity.data import class_order
+    from senet.classes import class_order
     wnids = class_order("devkit")
     for k, (label, rank) in enumerate(cases):
         write_image(root / wnids[label] / f"{k:03d}.png", colour_for(label, rank))
@@ -52,7 +52,7 @@ def val_folder(root, cases=CASES):
 # ---------------------------------------------------------------------------------- runners
 
 def test_onnx_runner_ranks_like_the_known_distances(tmp_path, colour):
-    model, entry = colour
+    model, entry, _ = colour
     prepared = prepare_model(model, entry, "onnxruntime", tmp_path / "cache")
     assert prepared.format == "onnx" and prepared.entry is entry
     runner = OnnxRunner(prepared.path, "cpu", 1000)
@@ -66,7 +66,7 @@ def test_torch_runner_on_an_exported_program(tmp_path, colour):
     """A .pt2 made here with torch.export (the colour net written in torch) scores the known
     counts through the torch runner."""
     torch = pytest.importorskip("torch")
-    model, entry = colour
+    model, entry, known = colour
 
     class ColourNet(torch.nn.Module):
         def __init__(self):
@@ -86,21 +86,19 @@ def test_torch_runner_on_an_exported_program(tmp_path, colour):
     torch.export.save(program, str(pt2))
     val = val_folder(tmp_path / "val")
     result = evaluate(VerifyOptions(model="colour_nn", weights=str(pt2), val=str(val),
-                                    cache_dir=tmp_path / "cache", workers=0, batch_size=4))
+                                    cache_dir=tmp_path / "cache", workers=0, batch_size=4,
+                                    manifest=known))
     assert result.backend == "torch" and result.weights_format == "pt2"
     assert (result.counts.top1, result.counts.top5) == expected_counts(CASES)
 
 
 def test_caffemodel_through_senets_pt2_writer(tmp_path, colour):
     pytest.importorskip("torch")
-    try:
-        runners._export_pt2()
-    except UsageError:
-        pytest.skip("senet has no .pt2 writer yet")
-    model, _ = colour
+    model, _, known = colour
     val = val_folder(tmp_path / "val")
     result = evaluate(VerifyOptions(model="colour_nn", weights=str(model), val=str(val),
-                                    cache_dir=tmp_path / "cache", workers=0, backend="torch"))
+                                    cache_dir=tmp_path / "cache", workers=0, backend="torch",
+                                    manifest=known))
     assert result.backend == "torch"
     assert (result.counts.top1, result.counts.top5) == expected_counts(CASES)
 
@@ -119,23 +117,26 @@ def test_device_choice_without_a_gpu():
 
 # ------------------------------------------------------------------------ preparation, caches
 
-def test_conversion_is_cached_by_content(tmp_path, colour, monkeypatch):
-    model, entry = colour
-    first = prepare_model(model, entry, "onnxruntime", tmp_path / "cache")
-    stamp = first.path.stat().st_mtime_ns
+def test_conversion_is_cached_by_content(tmp_path, colour):
+    model, entry, _ = colour
+    steps = []
+    first = prepare_model(model, entry, "onnxruntime", tmp_path / "cache", step=steps.append)
+    assert [s for s in steps if s.startswith("converting")], steps
+    stamp = first.path.stat()
     copy = tmp_path / "renamed.caffemodel"
     shutil.copy(model, copy)
-
-    def no_conversion(*args, **kwargs):
-        raise AssertionError("converted again")
-    monkeypatch.setattr("senet.converter.load.load_net", no_conversion)
-    again = prepare_model(copy, entry, "onnxruntime", tmp_path / "cache")
-    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+    steps.clear()
+    # a conversion would say so and replace the file (a new inode, written atomically)
+    again = prepare_model(copy, entry, "onnxruntime", tmp_path / "cache", step=steps.append)
+    assert steps == []
+    after = again.path.stat()
+    assert again.path == first.path
+    assert (after.st_ino, after.st_mtime_ns) == (stamp.st_ino, stamp.st_mtime_ns)
     assert again.sha256 == first.sha256
 
 
-def test_cached_conversion_still_checks_the_fingerprint(tmp_path, colour, monkeypatch):
-    model, entry = colour
+def test_cached_conversion_still_checks_the_fingerprint(tmp_path, colour):
+    model, entry, _ = colour
     prepare_model(model, entry, "onnxruntime", tmp_path / "cache")
     from senet.manifest import lookup
     with pytest.raises(WeightsMismatchError, match="se_resnet50"):
@@ -144,7 +145,7 @@ def test_cached_conversion_still_checks_the_fingerprint(tmp_path, colour, monkey
 
 def test_onnx_file_is_checked_by_its_metadata(tmp_path, colour):
     import onnx
-    model, entry = colour
+    model, entry, _ = colour
     prepared = prepare_model(model, entry, "onnxruntime", tmp_path / "cache")
     proto = onnx.load(str(prepared.path))
     bare = tmp_path / "bare.onnx"
@@ -159,20 +160,21 @@ def test_onnx_file_is_checked_by_its_metadata(tmp_path, colour):
         prepare_model(tagged, entry, "auto", tmp_path / "cache")
 
 
-def test_sha256_is_remembered(tmp_path, monkeypatch):
+def test_sha256_is_remembered(tmp_path):
     data = tmp_path / "w.onnx"
     data.write_bytes(b"abc")
     known = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
     assert file_sha256(data, tmp_path / "cache") == known
-
-    def no_hashing(path):
-        raise AssertionError("hashed again")
-    monkeypatch.setattr(runners, "sha256_file", no_hashing)
+    # Same path, size and mtime but other bytes: only a remembered digest can still say "abc".
+    stat = data.stat()
+    data.write_bytes(b"xyz")
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_sha256(data, tmp_path / "cache") == known
+    assert file_sha256(data) != known  # without the cache it is hashed
 
 
 def test_output_without_the_model_class_count_is_a_mismatch(tmp_path, colour):
-    model, entry = colour
+    model, entry, _ = colour
     prepared = prepare_model(model, entry, "onnxruntime", tmp_path / "cache")
     with pytest.raises(WeightsMismatchError, match="10 class scores"):
         OnnxRunner(prepared.path, "cpu", 10)
@@ -244,13 +246,13 @@ def test_prediction_log_ignores_a_cut_record(tmp_path):
 
 
 def test_interrupted_run_resumes_with_the_same_numbers(tmp_path, colour):
-    model, _ = colour
+    model, _, known = colour
     val = val_folder(tmp_path / "val")
     cases = len(CASES)
 
     def options(cache, **kw):
         return VerifyOptions(model="colour_nn", weights=str(model), val=str(val),
-                             cache_dir=cache, batch_size=4, workers=1, **kw)
+                             cache_dir=cache, batch_size=4, workers=1, manifest=known, **kw)
 
     def stop_after_two(k):
         if k == 2:

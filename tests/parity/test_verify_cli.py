@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from senet import manifest
 from senet.cli import verify_main
-from senet.parity.data import class_order
+from senet.classes import class_order
 from tests.conftest import REPO
 from tests.parity.synthetic import (KIT_FOX, TENCH, colour_entry, colour_for, expected_counts,
                                     install_entries, write_colour_net, write_image)
