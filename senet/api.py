@@ -131,10 +131,14 @@ def verify(model: str | None = None, weights: PathLike | None = None, val: PathL
     the model's file in `weights_dir`); `val`: the validation folder. Further keyword
     options are the fields of `senet.parity.verify.VerifyOptions` (prototxt, labels,
     label_order, weights_dir, cache_dir, backend, device, batch_size, workers, threads,
-    limit, allow_unreadable, resume). `step(message)` receives status lines,
+    limit, allow_unreadable, resume; manifest: the models to know, a YAML file or a loaded
+    mapping, default the shipped ones). `step(message)` receives status lines,
     `progress(done, total, seconds)` is called after each batch."""
+    from senet.manifest import load_manifest
     from senet.parity.report import Report, build_report
     from senet.parity.verify import VerifyOptions, evaluate
+    if isinstance(options.get("manifest"), (str, os.PathLike)):
+        options["manifest"] = load_manifest(options["manifest"])
     try:
         run = VerifyOptions(model=model, weights=_str(weights), val=_str(val), **options)
     except TypeError as error:

@@ -154,8 +154,9 @@ def write_manifest(folder: Path, *entries) -> Path:
     return path
 
 
-def install_entries(monkeypatch, *entries) -> None:
-    """Make ``entries`` known to senet.manifest's shipped manifest for one test: only for tests
-    that go through the command line, which cannot pass a manifest (see write_manifest)."""
-    known = with_entries(*entries)
-    monkeypatch.setattr(manifest, "load_manifest", lambda path=None: known)
+def use_manifest(monkeypatch, folder: Path, *entries) -> Path:
+    """Point senet-verify at a manifest of the shipped models plus ``entries`` for one test,
+    through SENET_MANIFEST (its --manifest option's environment variable)."""
+    path = write_manifest(folder, *entries)
+    monkeypatch.setenv("SENET_MANIFEST", str(path))
+    return path

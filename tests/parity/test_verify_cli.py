@@ -24,7 +24,7 @@ from senet.cli import verify_main
 from senet.classes import class_order
 from tests.conftest import REPO
 from tests.parity.synthetic import (KIT_FOX, TENCH, colour_entry, colour_for, expected_counts,
-                                    install_entries, write_colour_net, write_image)
+                                    use_manifest, write_colour_net, write_image)
 
 PREFIX = "senet-verify: error:"
 VAL_1_TO_3_DEVKIT = [489, 360, 170]
@@ -51,7 +51,7 @@ def colour_model(tmp_path, monkeypatch):
     n = len(CASES)
     entry = colour_entry(model, top1=round(100 * (n - top1) / n, 2),
                          top5=round(100 * (n - top5) / n, 2), tolerance=0.0)
-    install_entries(monkeypatch, entry)
+    use_manifest(monkeypatch, tmp_path, entry)
     return model
 
 
@@ -188,7 +188,7 @@ def test_gate_exit_codes_and_reports(tmp_path, colour_model, monkeypatch):
     top1, top5 = expected_counts(CASES)
     off = colour_entry(colour_model, "colour_off", top1=round(100 * (n - top1) / n, 2) + 1.0,
                        top5=round(100 * (n - top5) / n, 2), tolerance=0.5)
-    install_entries(monkeypatch, off)
+    use_manifest(monkeypatch, tmp_path, off)
     bad = run("--model", "colour_off", "--weights", colour_model, "--val", val, "-q", "-j",
               "0", "--markdown", md, cache=tmp_path / "cache")
     assert bad.exit_code == 1
@@ -228,7 +228,7 @@ def test_summary_table_and_plot(tmp_path, colour_model, monkeypatch):
     assert run("--model", "colour_nn", "--weights", colour_model, "--val", val, "-q", "-j",
                "0", "--json", r1, cache=tmp_path / "c").exit_code == 0
     off = colour_entry(colour_model, "colour_off", top1=50.0, top5=50.0, tolerance=0.1)
-    install_entries(monkeypatch, off)
+    use_manifest(monkeypatch, tmp_path, off)
     assert run("--model", "colour_off", "--weights", colour_model, "--val", val, "-q", "-j",
                "0", "--json", r2, cache=tmp_path / "c").exit_code == 1
     result = run("--summary", r1, r2)
