@@ -50,7 +50,11 @@ def test_the_module_list_is_complete():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_imports_alone(module):
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO,
+    """In a fresh interpreter, and without leaving an import hook behind."""
+    code = (f"import sys, {module}\n"
+            "hooks = [f for f in sys.meta_path if type(f).__module__.split('.')[0] == 'senet']\n"
+            "assert not hooks, hooks\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
 

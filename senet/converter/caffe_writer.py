@@ -12,6 +12,7 @@ from senet.converter.caffe_reader import (
     NET_LAYER, NET_LAYERS_V1, V1_BLOBS,
 )
 from senet.converter.protowire import LEN, VARINT, encode_varint, field_key
+from senet.files import atomic_output
 
 
 def encode_blob(array: np.ndarray, legacy_4d: bool = False) -> list[bytes]:
@@ -39,7 +40,7 @@ def write_caffemodel(path: str | os.PathLike, net: pb.NetParameter,
                      legacy_blobs: bool = False) -> None:
     """Write a .caffemodel: `net`'s layers with `blobs[layer name]` attached.
 
-    Blob bytes are streamed straight from the arrays. With ``v1`` the layers are written in the
+    Blob bytes are streamed straight from the arrays, to a temporary file renamed when complete. With ``v1`` the layers are written in the
     V1 `layers` format (net must then hold V1LayerParameter entries in `net.layers`).
     """
     head = pb.NetParameter()
@@ -48,7 +49,7 @@ def write_caffemodel(path: str | os.PathLike, net: pb.NetParameter,
     head.ClearField("layers")
     entries = net.layers if v1 else net.layer
     number, blob_field = (NET_LAYERS_V1, V1_BLOBS) if v1 else (NET_LAYER, LAYER_BLOBS)
-    with open(path, "wb") as out:
+    with atomic_output(path) as tmp, open(tmp, "wb") as out:
         out.write(head.SerializeToString())
         for entry in entries:
             body = entry.SerializeToString()

@@ -17,7 +17,7 @@ def describe(net: CaffeNet, recognised: str | None = None) -> str:
         blob_shapes = " ".join("x".join(map(str, b.shape)) for b in layer.blobs)
         lines.append(f"  {layer.name:<{width}}  {layer.type:<12} -> {shapes}"
                      + (f"  params {params:,} ({blob_shapes})" if params else ""))
-    lines.append("outputs: " + ", ".join(net.default_outputs()))
+    lines.append("outputs: " + ", ".join(public for public, _ in net.output_pairs()))
     lines.append(f"parameters: {net.parameter_count():,} in "
                  f"{sum(1 for layer in net.layers if layer.blobs)} layers with blobs")
     lines.append("recognised model: " + (recognised or "none"))
