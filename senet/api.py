@@ -157,7 +157,8 @@ def _shape(shape: Shape | None) -> tuple[int, ...] | None:
         return None
     dims = tuple(int(d) for d in shape)
     if not dims or any(d <= 0 for d in dims):
-        raise UsageError(f"input shape {list(shape)} needs positive dimensions")
+        raise UsageError(f"--input-shape {','.join(map(str, shape))} needs positive "
+                         "dimensions")
     return dims
 
 

@@ -70,15 +70,13 @@ class _Verify(_Program):
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """The integers of --input-shape; senet.api checks they make a shape."""
     if text is None:
         return None
     try:
-        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
+        return tuple(int(t) for t in text.replace("x", ",").split(","))
     except ValueError:
         raise UsageError(f"--input-shape '{text}' is not N,C,H,W integers") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise UsageError(f"--input-shape '{text}' needs positive dimensions")
-    return dims
 
 
 def _names(text: str | None) -> list[str] | None:
