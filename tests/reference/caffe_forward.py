@@ -183,6 +183,8 @@ def _scale_like_shapes(layer: Message, bottoms: list[np.ndarray], key: str,
 def param_shapes(layer: Message, bottoms: list[np.ndarray]) -> list[tuple[int, ...]]:
     """Canonical shapes of the layer's parameter blobs, in Caffe's order ([] if none)."""
     kind = layer_type(layer)
+    if kind in _PARAM_SHAPES:
+        return _PARAM_SHAPES[kind](layer, bottoms)
     if kind == "Convolution":
         g = _conv_geometry(layer)
         channels = bottoms[0].shape[1]
@@ -639,8 +641,18 @@ _LAYERS: dict[str, Callable] = {
     "Flatten": _flatten, "Reshape": _reshape, "Permute": _permute, "Axpy": _axpy,
 }
 
-# Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
-SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}
+# Layer families in their own modules (forward_*.py) add themselves with `register_layer`.
+_PARAM_SHAPES: dict[str, Callable] = {}
+
+
+def register_layer(kind: str, fn: Callable, shapes: Callable | None = None) -> None:
+    """Add a layer type: ``fn(layer, bottoms, params) -> tops`` and, for a layer with learned
+    blobs, ``shapes(layer, bottoms) -> [blob shape, ...]`` in Caffe's order."""
+    if kind in _LAYERS:
+        raise ValueError(f"reference layer {kind!r} registered twice")
+    _LAYERS[kind] = fn
+    if shapes is not None:
+        _PARAM_SHAPES[kind] = shapes
 
 
 # --------------------------------------------------------------------------- #
@@ -714,3 +726,12 @@ def forward(net: Message, weights: dict[str, list[np.ndarray]],
         return weights[name]
 
     return run_net(net, inputs, from_dict, dtype)
+
+
+# --------------------------------------------------------------------------- #
+# Layer families kept in their own modules (forward_<family>.py, each registering its
+# types with `register_layer` when imported here, one import line per family)
+# --------------------------------------------------------------------------- #
+
+# Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
+SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}
