@@ -58,16 +58,36 @@ def _range(lo: int, hi: int | None) -> str:
     return str(lo) if lo == hi else f"{lo} to {hi}"
 
 
-def register(*caffe_types: str):
-    """Class decorator registering a LayerConverter for Caffe layer type strings."""
+BVLC = "BVLC Caffe"
+
+
+def register(*caffe_types: str, origin: str = BVLC):
+    """Class decorator registering a LayerConverter for Caffe layer type strings; `origin`
+    names the Caffe (fork) whose C++ the converter reproduces (README's layer table shows it)."""
     def decorate(cls):
         instance = cls()
+        instance.origin = origin
         for t in caffe_types:
             if t in _REGISTRY:
                 raise RuntimeError(f"Caffe layer type '{t}' is registered twice")
             _REGISTRY[t] = instance
         return cls
     return decorate
+
+
+def layer_table() -> str:
+    """README's table of supported layer types, made from the registry: type, where its
+    semantics come from, the family module, and which emitters it has."""
+    def has(converter, emitter):
+        return "yes" if getattr(type(converter), emitter) is not getattr(LayerConverter,
+                                                                            emitter) else "no"
+    lines = ["| Caffe type | semantics of | family | ONNX | torch |", "|---|---|---|---|---|"]
+    for caffe_type in sorted(_REGISTRY, key=str.lower):
+        converter = _REGISTRY[caffe_type]
+        family = type(converter).__module__.rsplit(".", 1)[-1]
+        lines.append(f"| {caffe_type} | {converter.origin} | {family} | "
+                     f"{has(converter, 'to_onnx')} | {has(converter, 'to_torch')} |")
+    return "\n".join(lines) + "\n"
 
 
 def converter_for(caffe_type: str) -> LayerConverter | None:

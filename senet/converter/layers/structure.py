@@ -176,7 +176,7 @@ class Flatten(LayerConverter):
                  canonical_axis(p.end_axis, ndim, layer.name))
 
 
-@register("Permute")
+@register("Permute", origin="SSD (weiliu89/caffe)")
 class Permute(LayerConverter):
     """SSD fork's Permute: axes reordered by permute_param.order (missing axes keep order)."""
 
