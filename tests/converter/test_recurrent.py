@@ -213,6 +213,19 @@ def test_opset_range(tmp_path, opset):
     assert_caffe_equal("h", ours["h"], outputs["h"])
 
 
+def test_other_timesteps_fail_loudly(tmp_path):
+    """The unrolled steps are T's (Caffe, too, refuses a changed T): an input with other
+    timesteps is an error in onnxruntime and in torch, never an output of other meaning."""
+    model, prototxt, inputs, _ = load_case("RNN/t4_n2_basic")
+    short = {"x": inputs["x"][:2], "cont": inputs["cont"][:2]}
+    path = senet.convert(model, "onnx", tmp_path / "m.onnx", prototxt=prototxt)
+    with pytest.raises(Exception, match="(?i)reshape|shape|dimension"):
+        run_onnx(path, short)
+    module = senet.to_torch(senet.load_caffe(model, prototxt))
+    with pytest.raises(RuntimeError, match="shape"):
+        module(torch.from_numpy(short["x"]), torch.from_numpy(short["cont"]))
+
+
 # ----------------------------------------------------------------------------- refusals
 
 LSTM_XC = {"x": (4, 2, 3), "cont": (4, 2)}

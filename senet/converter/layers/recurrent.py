@@ -63,12 +63,8 @@ class _OnnxOps:
     def tanh(self, x, out=None):
         return self._node("Tanh", [x], out)
 
-    def flatten(self, x, axis):
-        """(d0, .., d_axis-1, everything else)."""
-        if axis == 1:
-            return self._node("Flatten", [x], None, axis=1)
-        return self._node("Reshape", [x, self.g.ints([0] * axis + [-1], f"{self.name}/flat")],
-                          None)
+    def reshape(self, x, shape):
+        return self._node("Reshape", [x, self.g.ints(list(shape), f"{self.name}/shape")], None)
 
     def unsqueeze(self, x, axis):
         return self._node("Unsqueeze", [x, self.g.ints([axis], f"{self.name}/axes")], None)
@@ -131,8 +127,8 @@ class _TorchOps:
     def tanh(self, x, out=None):
         return self._call(out, self.torch.tanh, x)
 
-    def flatten(self, x, axis):
-        return self.ctx.op(self.torch.flatten, x, axis)
+    def reshape(self, x, shape):
+        return self.ctx.op(self.torch.reshape, x, tuple(shape))
 
     def unsqueeze(self, x, axis):
         return self.ctx.op(self.torch.unsqueeze, x, axis)
@@ -206,23 +202,37 @@ class _Recurrent(LayerConverter):
 
     def prelude(self, layer, ops, shape_of):
         """(dims, weights by Caffe name, x transformed for every timestep (T, N, G·H), cont as
-        (T, N, 1), the initial states or None): Caffe's unrolled net outside the loop."""
+        (T, N, 1), the initial states or None): Caffe's unrolled net outside the loop.
+
+        Every bottom is reshaped to the static shape the unrolled steps assume, so that other
+        shapes fail at run (or export) time instead of giving a silent other result: Caffe
+        itself refuses a changed T ("input number of timesteps changed")."""
         d = self.dims(layer, [shape_of(b) for b in layer.bottoms])
         w = self.weights(layer, d)
         names = self.blob_names
-        x = ops.value(layer.bottoms[0])
-        if len(shape_of(layer.bottoms[0])) > 3:
-            x = ops.flatten(x, 2)
+        bottom = ops.value
+        x = ops.reshape(bottom(layer.bottoms[0]), (d.steps, d.streams, d.inputs))
         xw = ops.linear(x, ops.matrix(names[0], w[names[0]]), ops.vector(names[1], w[names[1]]))
         if d.static is not None:
-            xs = ops.value(layer.bottoms[2])
-            if len(shape_of(layer.bottoms[2])) > 2:
-                xs = ops.flatten(xs, 1)
+            xs = ops.reshape(bottom(layer.bottoms[2]), (d.streams, d.static))
             xw = ops.add(xw, ops.linear(xs, ops.matrix(names[2], w[names[2]])))
-        cont = ops.unsqueeze(ops.value(layer.bottoms[1]), 2)
-        states = [ops.value(b) for b in layer.bottoms[len(layer.bottoms) - self.states:]] \
-            if d.exposed else None
+        cont = ops.reshape(bottom(layer.bottoms[1]), (d.steps, d.streams, 1))
+        state_shape = (1, d.streams, d.hidden)
+        states = [ops.reshape(bottom(b), state_shape)
+                  for b in layer.bottoms[len(layer.bottoms) - self.states:]] if d.exposed else None
         return d, w, xw, cont, states
+
+    @staticmethod
+    def carried(ops, key, weight):
+        """(h, cont_t) -> W·(cont_t·h), the term the previous state adds to a step. The
+        weight is made on first use: one step from a zero state never multiplies by it."""
+        made = []
+
+        def apply(h, cont_t):
+            if not made:
+                made.append(ops.matrix(key, weight))
+            return ops.linear(ops.mul(h, cont_t), made[0])
+        return apply
 
 
 @register("LSTM")
@@ -235,13 +245,14 @@ class LSTM(_Recurrent):
 
     def emit(self, layer, ops, shape_of):
         d, w, xw, cont, states = self.prelude(layer, ops, shape_of)
-        w_hc = ops.matrix("W_hc", w["W_hc"])
+        carried = self.carried(ops, "W_hc", w["W_hc"])
         h, c = states or (None, None)
         hs = []
         for t in range(d.steps):
-            gates, cont_t = ops.step(xw, t), ops.step(cont, t)
+            gates, cont_t = ops.step(xw, t), None
             if h is not None:  # W_hc·(cont_t·h_{t-1}) + W_xc·x_t + b_c
-                gates = ops.add(ops.linear(ops.mul(h, cont_t), w_hc), gates)
+                cont_t = ops.step(cont, t)
+                gates = ops.add(carried(h, cont_t), gates)
             c, h = lstm_unit(ops, gates, c, cont_t, d.hidden)
             hs.append(h)
         ops.concat(hs, out=layer.tops[0])
@@ -259,13 +270,13 @@ class RNN(_Recurrent):
 
     def emit(self, layer, ops, shape_of):
         d, w, xw, cont, states = self.prelude(layer, ops, shape_of)
-        w_hh = ops.matrix("W_hh", w["W_hh"])
+        carried = self.carried(ops, "W_hh", w["W_hh"])
         h = states[0] if states else None
         hs = []
         for t in range(d.steps):
             pre = ops.step(xw, t)
             if h is not None:  # W_hh·(cont_t·h_{t-1}) + W_xh·x_t + b_h
-                pre = ops.add(ops.linear(ops.mul(h, ops.step(cont, t)), w_hh), pre)
+                pre = ops.add(carried(h, ops.step(cont, t)), pre)
             h = ops.tanh(pre)
             hs.append(h)
         # o_t = tanh(W_ho·h_t + b_o), for all timesteps at once
