@@ -86,6 +86,23 @@ def test_emitters_equal_real_caffe(tmp_path, case):
             assert_caffe_equal(name, result[name], outputs[name])
 
 
+@pytest.mark.parametrize("case", ["LSTM/t4_n2_static_input", "RNN/t4_n2_expose_hidden"])
+def test_safetensors_round_trip(tmp_path, case):
+    """Weights named after Caffe's parameters (``lstm.W_xc``, ...) and the graph spec rebuild
+    the same module."""
+    model, prototxt, inputs, outputs = load_case(case)
+    path = senet.convert(model, "safetensors", tmp_path / "m.safetensors", prototxt=prototxt,
+                         outputs=list(outputs))
+    module = senet.load(path)
+    layer = case.split("/")[0].lower()
+    assert {k.split(".")[0] for k in module.state_dict()} == {layer}
+    net = senet.load_caffe(model, prototxt)
+    with torch.no_grad():
+        values = module(*[torch.from_numpy(inputs[name]) for name in net.inputs])
+    for name, value in zip(outputs, values if isinstance(values, tuple) else (values,)):
+        assert_caffe_equal(name, value.numpy(), outputs[name])
+
+
 def _swap_forget_output(blob: np.ndarray) -> np.ndarray:
     """Rows of a 4H blob from Caffe's i, f, o, g as ONNX's LSTM reads them (i, o, f, c)."""
     i, f, o, g = np.split(blob, 4, axis=0)
