@@ -188,6 +188,10 @@ class _Recurrent(LayerConverter):
                              layer=layer.name)
         return [(d.steps, d.streams, d.hidden)] + [(1, d.streams, d.hidden)] * states
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch) -> bool:
+        """Never: axis 0 is time (the streams are axis 1), and the steps are unrolled over T."""
+        return False
+
     def to_onnx(self, layer, g):
         self.emit(layer, _OnnxOps(layer, g), g.shape)
 
