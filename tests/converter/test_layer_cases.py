@@ -120,7 +120,6 @@ GAPS: dict[str, str] = {
     "Pooling/ave_k1_s2_empty_window": "wrong or refused today (issue 8 lists it)",
     "Pooling/max_k1_s2_empty_window": "wrong or refused today (issue 8 lists it)",
     "Pooling/max_with_mask_top": "wrong or refused today (issue 8 lists it)",
-    "onnx:RNN/t4_n2_expose_hidden": "dim 'batch' names T=4 (x) and 1 (h0): ort refuses; needs static batch",
     "torch:RNN/t4_n2_basic": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
     "torch:RNN/t4_n2_expose_hidden": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
     "torch:RNN/t4_n2_input_4d": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
