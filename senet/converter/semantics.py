@@ -242,3 +242,85 @@ def slice_points(size: int, points: list[int], tops: int, layer: str) -> list[in
     if size % tops:
         raise ShapeError(f"axis of {size} does not split evenly into {tops} tops", layer=layer)
     return [size // tops] * tops
+
+
+# ----------------------------------------------------------------------------- recurrent
+# LSTM, RNN (BVLC's RecurrentLayer, which unrolls a net over the T timesteps) and LSTMUnit.
+
+# Caffe's 4H gate axis holds four blocks of H rows in this order (ONNX's LSTM uses i, o, f, c).
+LSTM_GATES = ("i", "f", "o", "g")
+
+
+@dataclass(frozen=True)
+class RecurrentDims:
+    """What a recurrent layer's bottoms fix: T timesteps of N streams, I inputs per step (x's
+    axes after (T, N) flattened), S static inputs per stream (None without x_static), H outputs,
+    and whether the initial states are bottoms (and the final ones tops)."""
+
+    steps: int
+    streams: int
+    inputs: int
+    static: int | None
+    hidden: int
+    exposed: bool
+
+
+def recurrent_dims(in_shapes: list[Shape], num_output: int, expose_hidden: bool, states: int,
+                   layer: str) -> RecurrentDims:
+    """Caffe's RecurrentLayer checks on bottoms x (T, N, ...), cont (T, N), [x_static (N, ...)],
+    [the `states` initial states, each (1, N, H), with expose_hidden]; ShapeError otherwise."""
+    if num_output <= 0:
+        raise ShapeError("recurrent_param.num_output must be positive", layer=layer)
+    exposed = states if expose_hidden else 0
+    if not 2 + exposed <= len(in_shapes) <= 3 + exposed:
+        raise ShapeError(f"takes {2 + exposed} or {3 + exposed} bottoms (x, cont, [x_static]"
+                         f"{', the initial states' if exposed else ''}), got {len(in_shapes)}",
+                         layer=layer)
+    x, cont = in_shapes[0], in_shapes[1]
+    if len(x) < 3:  # the input transform is an InnerProduct on axis 2
+        raise ShapeError(f"x must be (T, N, ...) with at least 3 axes, got {list(x)}",
+                         layer=layer)
+    steps, streams = x[0], x[1]
+    if tuple(cont) != (steps, streams):
+        raise ShapeError(f"cont must be (T, N) = {[steps, streams]}, got {list(cont)}",
+                         layer=layer)
+    static = None
+    if len(in_shapes) == 3 + exposed:
+        xs = in_shapes[2]
+        if len(xs) < 2 or xs[0] != streams:  # InnerProduct on axis 1 of (N, ...)
+            raise ShapeError(f"x_static must be (N, ...) with N = {streams} and at least 2 "
+                             f"axes, got {list(xs)}", layer=layer)
+        static = math.prod(xs[1:])
+    for shape in in_shapes[len(in_shapes) - exposed:]:
+        if tuple(shape) != (1, streams, num_output):
+            raise ShapeError(f"an initial state must be (1, N, H) = {[1, streams, num_output]}, "
+                             f"got {list(shape)}", layer=layer)
+    return RecurrentDims(steps, streams, math.prod(x[2:]), static, num_output,
+                         bool(expose_hidden))
+
+
+def recurrent_blob_shapes(dims: RecurrentDims, gates: int, output_layer: bool) -> list[Shape]:
+    """Learned blobs in Caffe's order (the unrolled net's parameters in layer order): W_x
+    (G·H, I), b (G·H,), [W_x_static (G·H, S)], W_h (G·H, H) for G `gates` blocks, then with an
+    `output_layer` (RNN) W_ho (H, H), b_o (H,)."""
+    rows = gates * dims.hidden
+    shapes = [(rows, dims.inputs), (rows,)]
+    if dims.static is not None:
+        shapes.append((rows, dims.static))
+    shapes.append((rows, dims.hidden))
+    if output_layer:
+        shapes += [(dims.hidden, dims.hidden), (dims.hidden,)]
+    return shapes
+
+
+def lstm_unit_hidden(in_shapes: list[Shape], layer: str) -> int:
+    """H of an LSTMUnit with bottoms c_prev (1, N, H), gates (1, N, 4H), cont (1, N), as Caffe's
+    LSTMUnitLayer::Reshape checks them; ShapeError otherwise."""
+    c_prev, gates, cont = in_shapes
+    ok = (len(c_prev) == 3 and len(gates) == 3 and len(cont) == 2
+          and c_prev[0] == gates[0] == cont[0] == 1 and c_prev[1] == gates[1] == cont[1]
+          and gates[2] == len(LSTM_GATES) * c_prev[2])
+    if not ok:
+        raise ShapeError(f"needs c_prev (1, N, H), gates (1, N, 4H), cont (1, N); got "
+                         f"{[list(s) for s in in_shapes]}", layer=layer)
+    return c_prev[2]

@@ -732,6 +732,7 @@ def forward(net: Message, weights: dict[str, list[np.ndarray]],
 # Layer families kept in their own modules (forward_<family>.py, each registering its
 # types with `register_layer` when imported here, one import line per family)
 # --------------------------------------------------------------------------- #
+from . import forward_recurrent  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}
