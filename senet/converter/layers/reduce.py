@@ -6,6 +6,7 @@ so one graph is valid at every opset senet writes (13..22).
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -75,10 +76,11 @@ class ArgMax(LayerConverter):
     def to_torch(self, layer, ctx):
         import torch
         x = ctx.value(layer.bottoms[0])
-        axis, out_shape = self.geometry(layer, ctx.shape(layer.bottoms[0]))
+        in_shape = ctx.shape(layer.bottoms[0])
+        axis, out_shape = self.geometry(layer, in_shape)
         p = layer.param.argmax_param
-        if axis is None:
-            x, search_axis = ctx.op(torch.flatten, x, 1), 1
+        if axis is None:  # (N, C·H·W); a 1-D input has one value per sample
+            x, search_axis = ctx.op(torch.reshape, x, (-1, math.prod(in_shape[1:]))), 1
         else:
             search_axis = axis
         # A stable descending sort of the reversed axis: equal values keep reversed order,
