@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -19,7 +20,7 @@ import senet
 from senet.converter.load import load_net
 from senet.errors import ShapeError
 from tests.converter.harness import check_net, rel_error, run_onnx, write_net
-from tests.converter.test_layer_cases import assert_caffe_equal, load_case
+from tests.converter.test_layer_cases import INDEX, assert_caffe_equal, load_case
 from tests.converter.test_layers import net_text
 from tests.reference.caffe_forward import forward
 from tests.reference.caffemodel_wire import read_caffemodel
@@ -32,7 +33,6 @@ WRONG = 1e-2  # a wrong variant must differ from Caffe by more than this (relati
 
 
 def _real_cases() -> list[str]:
-    from tests.converter.test_layer_cases import INDEX
     if not INDEX.exists():
         return ["(../shared absent)"]
     cases = json.loads(INDEX.read_text())["cases"]
@@ -111,7 +111,8 @@ def test_mvn_seeded(tmp_path, param, shape):
     "operation: MEAN axis: 0", "operation: SUM axis: 2 coeff: -1",
 ])
 def test_reduction_seeded(tmp_path, param):
-    body = f'layer {{ name: "r" type: "Reduction" bottom: "x" top: "r" reduction_param {{ {param} }} }}'
+    body = ('layer { name: "r" type: "Reduction" bottom: "x" top: "r" '
+            f'reduction_param {{ {param} }} }}')
     both_emitters(tmp_path, {"x": (3, 2, 4, 2)}, body, {"x": make_input((3, 2, 4, 2), 4)})
 
 
@@ -157,6 +158,37 @@ def test_silence_consumes_two_blobs_so_neither_is_an_output(tmp_path):
             'layer { name: "q" type: "Silence" bottom: "a" bottom: "c" }')
     out = both_emitters(tmp_path, {"x": (2, 3, 2)}, body, {"x": make_input((2, 3, 2), 1)})
     assert list(out) == ["b"]
+
+
+@pytest.mark.parametrize("opset", [13, 22])
+@pytest.mark.parametrize("case", ["ArgMax/ties_no_axis", "MVN/across_channels",
+                                  "Reduction/mean_axis0_coeff_neg2", "Reduction/sumsq_axis2",
+                                  "Filter/two_blobs", "Embed/bias_2d_indices"])
+def test_onnx_graph_is_valid_at_every_opset(tmp_path, case, opset):
+    """Reductions take their axes as an input (ReduceSum) or reduce all axes, so the same
+    graph holds from opset 13 (axes attributes) to 18+ (axes inputs)."""
+    model, prototxt, inputs, outputs = load_case(case)
+    path = senet.convert(model, "onnx", tmp_path / "m.onnx", prototxt=prototxt, opset=opset)
+    onnx.checker.check_model(str(path), full_check=True)
+    ours = run_onnx(path, inputs)
+    for name, caffe in outputs.items():
+        assert_caffe_equal(name, ours[name], caffe)
+
+
+@pytest.mark.parametrize("case", ["Parameter/shape_2x3x4", "Silence/silence_unused_slice_top",
+                                  "Filter/two_blobs", "Embed/bias_2d_indices"])
+def test_safetensors_round_trip(tmp_path, case):
+    """The graph spec keeps layers without bottoms (Parameter) or tops (Silence)."""
+    torch = pytest.importorskip("torch")
+    model, prototxt, inputs, outputs = load_case(case)
+    path = senet.convert(model, "safetensors", tmp_path / "m.safetensors", prototxt=prototxt)
+    module = senet.load(path)
+    with torch.no_grad():
+        values = module(*[torch.from_numpy(inputs[n]) for n in module.input_names])
+    values = values if isinstance(values, tuple) else (values,)
+    assert module.output_names == list(outputs)
+    for name, value in zip(module.output_names, values):
+        assert_caffe_equal(name, value.numpy(), outputs[name])
 
 
 # ----------------------------------------------------------------------------- traps
