@@ -97,7 +97,7 @@ def deploy_layers(cf: CaffeFile, input_shape: tuple[int, ...] | None
             dropped_blobs.update(p.top)
             continue
         kept.append(raw)
-    if not inputs and all(raw.param.bottom for raw in kept):  # Parameter needs no input
+    if not inputs and all(raw.param.bottom for raw in kept):  # a Parameter layer needs none
         raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
     if input_shape is not None:
         if len(inputs) != 1:

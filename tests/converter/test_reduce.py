@@ -247,21 +247,26 @@ def test_tile_repeats_the_block_not_each_entry(tmp_path):
 
 
 @pytest.mark.parametrize("index", [4.0, -1.0])
-def test_embed_index_outside_the_table_fails_at_run_time(tmp_path, index):
-    """Caffe leaves this undefined (DCHECK only). The converted models refuse it: onnxruntime's
-    Gather rejects an index >= input_dim, and a negative one (which Gather would wrap to a
-    row from the end) is first made out of range; torch's embedding raises for both."""
+@pytest.mark.parametrize("case, blob", [("Embed/fractional_indices_truncate", "x"),
+                                        ("BatchReindex/subset", "idx")])
+def test_index_outside_the_table_fails_at_run_time(tmp_path, case, blob, index):
+    """Caffe CHECKs BatchReindex's indices and leaves Embed's undefined (DCHECK only). The
+    converted models refuse both: onnxruntime's Gather rejects an index past the table, and a
+    negative one (which Gather would wrap to a row from the end) is first made out of range;
+    torch's embedding and index_select raise for both."""
     torch = pytest.importorskip("torch")
-    model, prototxt, inputs, _ = load_case("Embed/fractional_indices_truncate")
-    bad = inputs["x"].copy()
-    bad[1] = index
+    model, prototxt, inputs, _ = load_case(case)
+    bad = dict(inputs)
+    bad[blob] = inputs[blob].copy()
+    bad[blob][1] = index
     path = senet.convert(model, "onnx", tmp_path / "m.onnx", prototxt=prototxt)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="(?i)out of bounds|invalid|range"):
-        session.run(None, {"x": bad})
-    module = senet.to_torch(senet.load_caffe(model, prototxt))
+        session.run(None, bad)
+    net = senet.load_caffe(model, prototxt)
+    module = senet.to_torch(net)
     with pytest.raises((IndexError, RuntimeError)):
-        module(torch.from_numpy(bad))
+        module(*[torch.from_numpy(bad[name]) for name in net.inputs])
 
 
 # ----------------------------------------------------------------------------- refused
