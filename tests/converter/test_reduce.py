@@ -191,6 +191,15 @@ def test_safetensors_round_trip(tmp_path, case):
         assert_caffe_equal(name, value.numpy(), outputs[name])
 
 
+def test_a_net_that_silences_its_only_result_outputs_it(tmp_path):
+    """Caffe would have no outputs; colorization's deploy ends this way and its users read the
+    silenced blob, so that is the default output (not the input)."""
+    text = net_text({"x": (2, 3)}, 'layer { name: "t" type: "TanH" bottom: "x" top: "t" }\n'
+                                   'layer { name: "q" type: "Silence" bottom: "t" }')
+    proto, model = write_net(tmp_path, text, {})
+    assert senet.load_caffe(model, proto).default_outputs() == ["t"]
+
+
 # ----------------------------------------------------------------------------- traps
 
 def test_argmax_top_k_output_shapes_are_caffes():
