@@ -56,9 +56,16 @@ class CaffeNet:
         return uses
 
     def default_outputs(self) -> list[str]:
-        """Blobs nothing consumes, in production order (Caffe's net outputs)."""
+        """Blobs nothing consumes, in production order (Caffe's net outputs). Where a Silence
+        consumes every one (colorization's deploy silences its result, which Caffe users read
+        by name), the blobs Silence consumes."""
         used = {b for layer in self.layers for b in layer.bottoms}
-        outs = [t for layer in self.layers for t in layer.tops if t not in used]
+        tops = [t for layer in self.layers for t in layer.tops]
+        outs = [t for t in tops if t not in used]
+        if not outs:
+            silenced = {b for layer in self.layers if layer.type == "Silence"
+                        for b in layer.bottoms}
+            outs = [t for t in tops if t in silenced]
         return outs or list(self.inputs)
 
     def caffe_name(self, ssa: str) -> str:

@@ -21,7 +21,7 @@ _DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "Dum
                "AnnotatedData", "Python", "VideoData"}
 _TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
                   "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss",
-                  "MultiBoxLoss", "Silence", "HDF5Output"}
+                  "MultiBoxLoss", "HDF5Output"}
 
 
 def _phase_included(param: pb.LayerParameter) -> bool:
@@ -97,7 +97,7 @@ def deploy_layers(cf: CaffeFile, input_shape: tuple[int, ...] | None
             dropped_blobs.update(p.top)
             continue
         kept.append(raw)
-    if not inputs:
+    if not inputs and all(raw.param.bottom for raw in kept):  # a Parameter layer needs none
         raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
     if input_shape is not None:
         if len(inputs) != 1:

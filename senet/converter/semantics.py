@@ -324,3 +324,97 @@ def lstm_unit_hidden(in_shapes: list[Shape], layer: str) -> int:
         raise ShapeError(f"needs c_prev (1, N, H), gates (1, N, 4H), cont (1, N); got "
                          f"{[list(s) for s in in_shapes]}", layer=layer)
     return c_prev[2]
+
+
+# ----------------------------------------------------------------------------- reductions and
+# indexing (ArgMax, MVN, Reduction, Tile, Embed, Filter, BatchReindex)
+
+def argmax_output(in_shape: Shape, axis: int | None, top_k: int, out_max_val: bool,
+                  layer: str) -> tuple[int | None, Shape]:
+    """Caffe's ArgMax: (canonical axis or None, top shape). With an axis the top is the input
+    with `top_k` along it (indices, or only the values with out_max_val). Without one each
+    sample is searched over its flattened C·H·W and the top has max(ndim, 3) axes,
+    (N, 1, top_k, 1, …) of indices or (N, 2, top_k, 1, …) with the values in [:, 1]."""
+    if top_k < 1:
+        raise ShapeError("top_k must be at least 1", layer=layer)
+    if axis is not None:
+        a = canonical_axis(axis, len(in_shape), layer)
+        if top_k > in_shape[a]:
+            raise ShapeError(f"top_k {top_k} exceeds the {in_shape[a]} values along axis {a}",
+                             layer=layer)
+        return a, tuple(in_shape[:a]) + (top_k,) + tuple(in_shape[a + 1:])
+    if not in_shape:
+        raise ShapeError("ArgMax without axis needs an N×… input, got a 0-D blob", layer=layer)
+    per_sample = math.prod(in_shape[1:])
+    if top_k > per_sample:
+        raise ShapeError(f"top_k {top_k} exceeds the {per_sample} values of a sample",
+                         layer=layer)
+    out = [1] * max(len(in_shape), 3)
+    out[0], out[1], out[2] = in_shape[0], 2 if out_max_val else 1, top_k
+    return None, tuple(out)
+
+
+def legacy_4d_shape(in_shape: Shape, layer: str) -> Shape:
+    """(num, channels, height, width) as Caffe's legacy accessors read a blob of at most 4 axes:
+    missing trailing axes are 1. Layers that reshape their top this way (MVN) are always 4-D."""
+    if len(in_shape) > 4:
+        raise ShapeError(f"needs at most 4 axes (Caffe's legacy accessors), got {list(in_shape)}",
+                         layer=layer)
+    return tuple(in_shape) + (1,) * (4 - len(in_shape))
+
+
+def mvn_groups(in_shape: Shape, across_channels: bool, layer: str) -> Shape:
+    """The 4-D input viewed as (N, C, H·W), or (N, C·H·W) across channels: MVN normalises each
+    row over the last axis, y = (x − mean) / (sqrt(mean((x − mean)²)) + eps). BVLC's
+    mvn_layer.cpp adds eps to the standard deviation (after the root), not to the variance."""
+    n, c, h, w = legacy_4d_shape(in_shape, layer)
+    return (n, c * h * w) if across_channels else (n, c, h * w)
+
+
+def reduction_output(in_shape: Shape, axis: int, layer: str) -> tuple[int, Shape]:
+    """Caffe's Reduction reduces every axis from `axis` to the end: (canonical axis, top shape =
+    the dims before it; axis 0 gives a 0-D top)."""
+    a = canonical_axis(axis, len(in_shape), layer)
+    return a, tuple(in_shape[:a])
+
+
+def reduction_factor(operation: str, coeff: float, count: int) -> float:
+    """The factor Caffe multiplies a reduced SUM / ASUM / SUMSQ by: coeff, or coeff / count
+    (float32 division, as Caffe's Dtype) for MEAN."""
+    if operation == "MEAN":
+        return float(np.float32(coeff) / np.float32(count))
+    return float(np.float32(coeff))
+
+
+def tile_output(in_shape: Shape, axis: int, tiles: int, layer: str) -> tuple[int, Shape]:
+    """Caffe's Tile: the block of axes from `axis` on repeated `tiles` times (np.tile along the
+    axis, not np.repeat): (canonical axis, top shape)."""
+    a = canonical_axis(axis, len(in_shape), layer)
+    if tiles < 1:
+        raise ShapeError(f"tiles must be at least 1, got {tiles}", layer=layer)
+    out = list(in_shape)
+    out[a] *= tiles
+    return a, tuple(out)
+
+
+def filter_output(in_shapes: list[Shape], layer: str) -> list[Shape]:
+    """Caffe's Filter: the last bottom selects samples (shape (N, 1, …, 1)); each other bottom
+    keeps the samples whose selector is non-zero. The count depends on the data, so the static
+    shape is Caffe's setup shape: axis 0 is N, the most that can be selected."""
+    *data, selector = in_shapes
+    if not selector or any(d != 1 for d in selector[1:]):
+        raise ShapeError(f"the selector (last bottom) must be (N, 1, …, 1), got {list(selector)}",
+                         layer=layer)
+    for i, shape in enumerate(data):
+        if not shape or shape[0] != selector[0]:
+            raise ShapeError(f"bottom[{i}] {list(shape)} does not have the selector's "
+                             f"{selector[0]} samples", layer=layer)
+    return [tuple(shape) for shape in data]
+
+
+def batch_reindex_output(data: Shape, indices: Shape, layer: str) -> Shape:
+    """Caffe's BatchReindex: top[i] = data[int(indices[i])] along axis 0, for a 1-D index blob."""
+    if len(indices) != 1 or not data:
+        raise ShapeError(f"needs N×… data and a 1-D index blob, got {list(data)} and "
+                         f"{list(indices)}", layer=layer)
+    return (indices[0],) + tuple(data[1:])

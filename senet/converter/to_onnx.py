@@ -82,8 +82,8 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
         if public != ssa:
             renames.append(helper.make_node("Identity", [ssa], [public], name=f"output:{public}"))
         shape = net.shapes[ssa]
-        graph_outputs.append(helper.make_tensor_value_info(public, TensorProto.FLOAT,
-                                                           ["batch", *shape[1:]]))
+        dims = ["batch", *shape[1:]] if shape else []  # a 0-D output (Reduction) has none
+        graph_outputs.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
     graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
                               graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

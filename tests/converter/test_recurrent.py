@@ -15,7 +15,7 @@ import pytest
 import senet
 from senet.converter.load import load_net
 from senet.converter.to_onnx import build_graph, write_model
-from senet.errors import ShapeError, UnsupportedLayerError
+from senet.errors import ShapeError
 from tests.conftest import require_shared
 from tests.converter.harness import reference, rel_error, run_onnx, write_net
 from tests.converter.test_layer_cases import CASES, assert_caffe_equal, load_case
@@ -309,13 +309,14 @@ def test_blobs_of_another_size_refused(tmp_path):
 # ----------------------------------------------------------------------------- zoo
 
 def test_zoo_recurrent_layers_shape():
-    """The zoo's LSTM nets: LRCN loads with Caffe's blob layout; the COCO language model
-    stops only at its Embed layer."""
+    """The zoo's LSTM nets load with Caffe's blob layout: LRCN, and the COCO language model
+    (Embed → LSTM → InnerProduct over axis 2)."""
     zoo = require_shared("caffe_zoo")
     net = senet.load_caffe(prototxt=zoo / "lrcn_activity_lstm" / "deploy.prototxt")
     lstm = next(layer for layer in net.layers if layer.type == "LSTM")
     assert net.shapes[lstm.tops[0]] == (16, 10, 256)
     assert [b.shape for b in lstm.blobs] == [(1024, 4096), (1024,), (1024, 256)]
-    with pytest.raises(UnsupportedLayerError) as error:
-        senet.load_caffe(prototxt=zoo / "lstm_lm_coco" / "deploy.prototxt")
-    assert "(Embed)" in str(error.value) and "LSTM" not in str(error.value)
+    net = senet.load_caffe(prototxt=zoo / "lstm_lm_coco" / "deploy.prototxt")
+    lstm = next(layer for layer in net.layers if layer.type == "LSTM")
+    assert net.shapes[lstm.tops[0]] == (1, 1, 1000)
+    assert [b.shape for b in lstm.blobs] == [(4000, 1000), (4000,), (4000, 1000)]

@@ -734,5 +734,8 @@ def forward(net: Message, weights: dict[str, list[np.ndarray]],
 # --------------------------------------------------------------------------- #
 from . import forward_recurrent  # noqa: E402,F401
 
+from . import forward_index  # noqa: E402,F401
+from . import forward_reduce  # noqa: E402,F401
+
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}
