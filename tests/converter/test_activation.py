@@ -247,3 +247,43 @@ def test_refuses_absval_in_place(tmp_path):
     proto.write_text(layer_net('layer { name: "a" type: "AbsVal" bottom: "x" top: "x" }', 3))
     with pytest.raises(SenetError, match="layer 'a'.*in place"):
         senet.load_caffe(prototxt=proto)
+
+
+# ----------------------------------------------------------------------------- export
+
+EVERY_NEW_LAYER = '''
+layer { name: "a" type: "AbsVal" bottom: "x" top: "a" }
+layer { name: "b" type: "BNLL" bottom: "x" top: "b" }
+layer { name: "c" type: "Clip" bottom: "x" top: "c" clip_param { min: -1 max: 2 } }
+layer { name: "e" type: "ELU" bottom: "x" top: "e" }
+layer { name: "ex" type: "Exp" bottom: "x" top: "ex" exp_param { base: 2 scale: 0.5 shift: 1 } }
+layer { name: "l" type: "Log" bottom: "a" top: "l" log_param { base: 10 shift: 1 } }
+layer { name: "t" type: "Threshold" bottom: "x" top: "t" }
+layer { name: "s" type: "Swish" bottom: "x" top: "s" swish_param { beta: 2 } }
+layer { name: "p" type: "Power" bottom: "x" top: "p" power_param { scale: 0 shift: 2 power: 2 } }'''
+
+
+@pytest.mark.parametrize("opset", [13, 17, 22])
+def test_onnx_checks_and_takes_any_batch(tmp_path, opset):
+    import onnx
+    from senet.converter.to_onnx import build_graph, write_model
+    proto = tmp_path / "all.prototxt"
+    proto.write_text(net_text({"x": (2, 3, 4)}, EVERY_NEW_LAYER))
+    model, initializers = build_graph(senet.load_caffe(prototxt=proto), opset=opset)
+    path = tmp_path / "all.onnx"
+    write_model(path, model, initializers)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4)).astype(np.float32)
+    assert all(v.shape == x.shape for v in run_onnx(path, {"x": x}).values())
+
+
+def test_torch_export_takes_any_batch(tmp_path):
+    torch = pytest.importorskip("torch")
+    proto = tmp_path / "all.prototxt"
+    proto.write_text(net_text({"x": (2, 3, 4)}, EVERY_NEW_LAYER))
+    _, model = write_net(tmp_path, proto.read_text(), {})
+    path = senet.convert(model, "torch", tmp_path / "all.pt2", prototxt=proto)
+    module = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        values = module(torch.randn(5, 3, 4))
+    assert all(tuple(v.shape) == (5, 3, 4) for v in values)
