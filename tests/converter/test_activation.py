@@ -260,7 +260,8 @@ layer { name: "ex" type: "Exp" bottom: "x" top: "ex" exp_param { base: 2 scale: 
 layer { name: "l" type: "Log" bottom: "a" top: "l" log_param { base: 10 shift: 1 } }
 layer { name: "t" type: "Threshold" bottom: "x" top: "t" }
 layer { name: "s" type: "Swish" bottom: "x" top: "s" swish_param { beta: 2 } }
-layer { name: "p" type: "Power" bottom: "x" top: "p" power_param { scale: 0 shift: 2 power: 2 } }'''
+layer { name: "p" type: "Power" bottom: "x" top: "p" power_param { scale: 0 shift: 2 power: 2 } }
+layer { name: "q" type: "Power" bottom: "a" top: "q" power_param { power: 0.5 shift: 1 } }'''
 
 
 @pytest.mark.parametrize("opset", [13, 17, 22])
@@ -287,3 +288,16 @@ def test_torch_export_takes_any_batch(tmp_path):
     with torch.no_grad():
         values = module(torch.randn(5, 3, 4))
     assert all(tuple(v.shape) == (5, 3, 4) for v in values)
+
+
+def test_power_half_follows_c_pow_at_minus_inf_and_minus_zero(tmp_path):
+    """Caffe's pow: (-inf)^0.5 = +inf and (-0)^-0.5 = +inf. A square root gives NaN and an
+    inverse square root -inf there (torch.pow with a Python 0.5 / -0.5 does that)."""
+    x = edge_input([-INF, -0.0, 0.0, INF])
+    text = layer_net('''
+layer { name: "h" type: "Power" bottom: "x" top: "h" power_param { power: 0.5 } }
+layer { name: "r" type: "Power" bottom: "x" top: "r" power_param { power: -0.5 } }''',
+                     x.shape[1])
+    for out in run_emitters(tmp_path, text, x, ["h", "r"]):
+        np.testing.assert_array_equal(out["h"][0, :4], [INF, 0.0, 0.0, INF])
+        np.testing.assert_array_equal(out["r"][0, :4], [0.0, INF, INF, 0.0])

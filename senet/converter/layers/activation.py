@@ -323,6 +323,11 @@ def _torch_steps(layer, ctx, steps) -> None:
     x = ctx.value(layer.bottoms[0])
     for i, (op, value) in enumerate(steps):
         fn = getattr(torch, op.lower())
-        args = (x,) if value is None else (x, ctx.scalar(value))
+        operand = None if value is None else ctx.scalar(value)
+        if op == "Pow":
+            # A tensor exponent takes C's pow, as Caffe does; a Python one is turned into sqrt
+            # or rsqrt for ±0.5, which differ at -inf and -0 (rsqrt(-0) = -inf, pow: +inf).
+            operand = ctx.op(torch.scalar_tensor, operand, dtype=ctx.dtype)
+        args = (x,) if operand is None else (x, operand)
         x = ctx.emit(layer.tops[0], fn, *args) if i == len(steps) - 1 else ctx.op(fn, *args)
     ctx.define(layer.tops[0], x)
