@@ -305,3 +305,15 @@ layer { name: "r" type: "Power" bottom: "x" top: "r" power_param { power: -0.5 }
     for out in run_emitters(tmp_path, text, x, ["h", "r"]):
         np.testing.assert_array_equal(out["h"][0, :4], [INF, 0.0, 0.0, INF])
         np.testing.assert_array_equal(out["r"][0, :4], [0.0, INF, INF, 0.0])
+
+
+def test_setup_constants_are_float32_as_caffe_computes_them():
+    from senet.converter.semantics import exp_factors, log_base_scale, power_constant
+    assert power_constant(2, 0, 1.5) == 2.25 and power_constant(0, 3, 2) == 1.0
+    assert np.isnan(power_constant(0.5, 0, -2)) and power_constant(-1, 0, 0) == INF
+    assert power_constant(1e-25, 1e-25, 4) == 1.0  # power·scale underflows in float32
+    assert power_constant(2, 0.5, 1) is None
+    assert exp_factors(-1, 0.5, 0.25, "e") == (0.5, float(np.exp(np.float32(0.25))))
+    assert exp_factors(2, 1, 0, "e") == (float(np.log(np.float32(2))), 1.0)
+    assert log_base_scale(-1, "l") == 1.0
+    assert log_base_scale(10, "l") == float(np.float32(1) / np.log(np.float32(10)))
