@@ -418,3 +418,62 @@ def batch_reindex_output(data: Shape, indices: Shape, layer: str) -> Shape:
         raise ShapeError(f"needs N×… data and a 1-D index blob, got {list(data)} and "
                          f"{list(indices)}", layer=layer)
     return (indices[0],) + tuple(data[1:])
+
+
+# ----------------------------------------------------------------------------- element-wise
+# Caffe computes the constants of Power, Exp and Log once, in float (its Dtype), when the layer
+# is set up; computing them in float32 here lets float32 emitters repeat its arithmetic.
+
+def power_constant(power: float, scale: float, shift: float) -> float | None:
+    """The value Caffe's Power writes whatever its input, when power·scale is 0 in float32:
+    1 for power 0, else shift^power (NaN for a negative shift and a fractional power, inf for
+    0^negative); None when the output depends on the input."""
+    power, scale, shift = np.float32(power), np.float32(scale), np.float32(shift)
+    if power * scale != 0:
+        return None
+    if power == 0:
+        return 1.0
+    with np.errstate(all="ignore"):
+        return float(np.power(shift, power))
+
+
+def _log_of_base(base: float, kind: str, layer: str) -> np.float32:
+    """ln(base) as Caffe's Exp/Log set it up: exactly 1 for base -1 (meaning e); any other
+    base must be positive with a finite logarithm."""
+    base = np.float32(base)
+    if base == -1:
+        return np.float32(1)
+    if not base > 0:
+        raise ShapeError(f"{kind} base must be -1 (meaning e) or positive, got {base}",
+                         layer=layer)
+    log_base = np.log(base)
+    if not np.isfinite(log_base):
+        raise ShapeError(f"{kind} base {base} has no finite logarithm", layer=layer)
+    return log_base
+
+
+def exp_factors(base: float, scale: float, shift: float, layer: str) -> tuple[float, float]:
+    """(inner, outer) with Caffe's Exp y = outer · exp(inner · x): inner = ln(base)·scale and
+    outer = base^shift (e^shift for base -1), each a float32 as Caffe computes it. Caffe does
+    not evaluate base^(shift + scale·x) itself, and its rounding follows this form."""
+    inner = _log_of_base(base, "Exp", layer) * np.float32(scale)
+    shift = np.float32(shift)
+    with np.errstate(all="ignore"):
+        if shift == 0:
+            outer = np.float32(1)
+        elif np.float32(base) == -1:
+            outer = np.exp(shift)
+        else:
+            outer = np.power(np.float32(base), shift)
+    return float(inner), float(outer)
+
+
+def log_base_scale(base: float, layer: str) -> float:
+    """1 / ln(base) in float32: Caffe's Log is y = that · ln(shift + scale·x) (1 for base -1).
+    Base 1 is refused as Caffe refuses it (1 / ln 1 is infinite)."""
+    log_base = _log_of_base(base, "Log", layer)
+    with np.errstate(divide="ignore"):
+        factor = np.float32(1) / log_base
+    if not np.isfinite(factor):
+        raise ShapeError(f"Log base {np.float32(base)} gives 1/ln(base) = {factor}", layer=layer)
+    return float(factor)

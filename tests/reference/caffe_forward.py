@@ -509,7 +509,10 @@ def _power(layer, bottoms, params):
     x = bottoms[0]
     if power * scale == 0:
         # Caffe's special case: the input is ignored.
-        return [np.full_like(x, 1.0 if power == 0 else shift ** power)]
+        # C's pow: NaN for a negative shift and a fractional power (Python's ** goes complex).
+        with np.errstate(all="ignore"):
+            value = 1.0 if power == 0 else np.power(shift, power)
+        return [np.full_like(x, value)]
     y = x * scale if scale != 1 else x
     y = y + shift if shift != 0 else y
     return [np.power(y, power) if power != 1 else y.copy()]
@@ -736,6 +739,8 @@ from . import forward_recurrent  # noqa: E402,F401
 
 from . import forward_index  # noqa: E402,F401
 from . import forward_reduce  # noqa: E402,F401
+
+from . import forward_activation  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}
