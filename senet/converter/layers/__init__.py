@@ -76,5 +76,5 @@ def converter_for(caffe_type: str) -> LayerConverter | None:
 
 # Importing the families registers them.
 from senet.converter.layers import (  # noqa: E402,F401
-    activation, axpy, conv, dense, eltwise, norm, pool, structure,
+    activation, axpy, conv, crop, dense, eltwise, norm, pool, structure,
 )
