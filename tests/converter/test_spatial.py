@@ -112,6 +112,8 @@ SEEDED = {
     "deconv_group_dilation_hw": ({"x": (1, 4, 5, 6)}, conv_layer(
         "Deconvolution", "num_output: 6 group: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 "
         "stride_w: 3 pad_h: 2 pad_w: 0 dilation: 2"), ["y"]),
+    "deconv_pad_beyond_kernel": ({"x": (2, 3, 4, 5)}, conv_layer(
+        "Deconvolution", "num_output: 2 kernel_size: 2 stride: 4 pad: 3"), ["y"]),
     "deconv3d_group_dilation_no_bias": ({"x": (1, 4, 3, 4, 3)}, conv_layer(
         "Deconvolution", "num_output: 2 group: 2 kernel_size: 2 stride: 2 dilation: 1 "
         "dilation: 2 dilation: 3 bias_term: false"), ["y"]),
@@ -217,6 +219,9 @@ layer { name: "bad" type: "Crop" bottom: "x" bottom: "r" top: "y"
     "kernel_h on a 5-D input": ({"x": (2, 3, 4, 4, 4)}, conv_layer(
         "Convolution", "num_output: 2 kernel_h: 2 kernel_w: 2").replace('"c"', '"bad"', 1),
         "need 2 spatial axes"),
+    "kernel_size and kernel_h": ({"x": (2, 3, 4, 4)}, conv_layer(
+        "Im2col", "kernel_size: 2 kernel_h: 2 kernel_w: 1").replace('"c"', '"bad"', 1),
+        "not both"),
     "empty deconvolution": ({"x": (1, 2, 1, 1)}, conv_layer(
         "Deconvolution", "num_output: 2 kernel_size: 1 pad: 1").replace('"c"', '"bad"', 1),
         "empty output"),
@@ -242,3 +247,23 @@ def test_axis2_convolution_keeps_a_dynamic_batch(tmp_path):
     got = torch.export.load(str(path)).module()(torch.from_numpy(x)).numpy()
     assert got.shape == (6,) + outputs["y"].shape[1:]
     assert rel_error(got, np.concatenate([outputs["y"]] * 3)) <= 1e-5
+
+
+def test_safetensors_round_trip_keeps_shared_weights_and_one_hot(tmp_path):
+    """Two bottoms share one registered weight; Im2col's one-hot weight travels as a buffer."""
+    shapes = {"a": (2, 3, 5, 5), "b": (2, 3, 5, 5)}
+    body = conv_layer("Convolution", "num_output: 2 kernel_size: 3", ("a", "b"), ("ya", "yb")) \
+        + '\nlayer { name: "i" type: "Im2col" bottom: "ya" top: "z" convolution_param { ' \
+        'kernel_size: 2 stride: 2 } }'
+    text = net_text(shapes, body)
+    proto, model = write_net(tmp_path, text, seeded_weights(text, shapes, 3))
+    net = senet.load_caffe(model, proto)
+    senet.convert(model, "safetensors", tmp_path / "m.safetensors", prototxt=proto,
+                  outputs=["z", "yb"])
+    loaded = senet.load(tmp_path / "m.safetensors")
+    fresh = senet.to_torch(net, outputs=["z", "yb"])
+    assert sorted(loaded.state_dict()) == ["c.bias", "c.weight", "i.one_hot"]
+    xs = [torch.from_numpy(make_input(s, k)) for k, s in enumerate(shapes.values())]
+    with torch.no_grad():
+        for got, want in zip(loaded(*xs), fresh(*xs)):
+            assert torch.equal(got, want)

@@ -45,6 +45,11 @@ def window(layer, in_shape) -> Window:
     if n_spatial < 1:
         raise ShapeError(f"{layer.type} needs a spatial axis after the channel axis {axis}; "
                          f"the input is {list(in_shape)}", layer=layer.name)
+    for field in ("kernel", "pad", "stride"):
+        listed = "kernel_size" if field == "kernel" else field
+        if (p.HasField(f"{field}_h") or p.HasField(f"{field}_w")) and len(getattr(p, listed)):
+            raise ShapeError(f"give either {listed} or {field}_h/{field}_w, not both",
+                             layer=layer.name)
     kernel = spatial_param(p, "kernel_size", n_spatial, 0, layer.name)
     pad = spatial_param(p, "pad", n_spatial, 0, layer.name)
     stride = spatial_param(p, "stride", n_spatial, 1, layer.name)
