@@ -126,7 +126,14 @@ def torch_on_channel_axis(ctx, axis: int, bottom: str, top: str, fn, *args, **kw
     ctx.emit(top, torch.reshape, result, (-1, *out_shape[1:]))
 
 
-class _Convolution(LayerConverter):
+class _Windowed(LayerConverter):
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        """Axis 0 is the batch unless it is the channel axis (the weights span it)."""
+        return (window(layer, in_shapes[0]).axis > 0
+                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
+
+
+class _Convolution(_Windowed):
     """Convolution and Deconvolution: one weight set over every bottom/top pair."""
 
     max_bottoms = None
@@ -207,7 +214,7 @@ class Deconvolution(_Convolution):
 
 
 @register("Im2col")
-class Im2col(LayerConverter):
+class Im2col(_Windowed):
     """Caffe's im2col as a layer: channel c·K + j of the output (K kernel offsets, j in
     row-major order) is input channel c read at kernel offset j, zero in the padding. Both
     emitters run it as a grouped convolution with a constant one-hot weight, which is exact:
