@@ -123,6 +123,8 @@ SEEDED = {
     "conv_axis2_then_batchnorm": ({"x": (2, 3, 4, 6, 5)}, conv_layer(
         "Convolution", "num_output: 2 kernel_size: 3 axis: 2") + '''
 layer { name: "bn" type: "BatchNorm" bottom: "y" top: "z" }''', ["z"]),  # not folded
+    "conv_axis0_no_batch": ({"x": (3, 6, 7)}, conv_layer(
+        "Convolution", "num_output: 3 kernel_size: 3 axis: 0"), ["y"]),
     "conv_axis2_1d": ({"x": (2, 3, 4, 9)}, conv_layer(
         "Convolution", "num_output: 5 kernel_size: 3 stride: 2 axis: 2"), ["y"]),
     "im2col_axis2": ({"x": (2, 2, 3, 6, 5)}, conv_layer(
@@ -236,6 +238,31 @@ def test_refused_with_the_layer_name(tmp_path, what):
     with pytest.raises(ShapeError, match=message) as info:
         senet.load_caffe(None, proto)
     assert "bad" in str(info.value)
+
+
+BATCH_RULE = {  # net -> whether its batch is free (LayerConverter.keeps_batch)
+    "conv_axis0_no_batch": False,  # axis 0 is the channel axis (3 = num_output by chance)
+    "conv_axis2_extra_batch": True,
+    "crop_axis0_offset0": True,  # axis 0 is not cut (a cut one changes the batch size)
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_RULE))
+def test_batch_stays_free_unless_axis_0_is_spanned(tmp_path, name):
+    from senet.converter.graph import CaffeNet
+    if not hasattr(CaffeNet, "batch_fixed_by"):
+        pytest.skip("needs the static-batch rule (CaffeNet.batch_fixed_by, fixes branch)")
+    nets = {
+        "conv_axis0_no_batch": SEEDED["conv_axis0_no_batch"][:2],
+        "conv_axis2_extra_batch": ({"x": (2, 2, 3, 6, 7)}, conv_layer(
+            "Convolution", "num_output: 4 kernel_size: 3 axis: 2")),
+        "crop_axis0_offset0": ({"x": (2, 4, 6, 5), "r": (2, 3, 3, 3)}, '''
+layer { name: "k" type: "Crop" bottom: "x" bottom: "r" top: "y" crop_param { axis: 0 } }'''),
+    }
+    shapes, body = nets[name]
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(net_text(shapes, body))
+    assert (senet.load_caffe(None, proto).batch_fixed_by() is None) == BATCH_RULE[name]
 
 
 def test_axis2_convolution_keeps_a_dynamic_batch(tmp_path):

@@ -23,11 +23,6 @@ def crop_window(layer, in_shapes) -> list[tuple[int, int, int]]:
 class Crop(LayerConverter):
     min_bottoms = max_bottoms = 2
 
-    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
-        """A crop of axis 0 has its constant offset and size: then the batch is fixed."""
-        return (all(axis > 0 for axis, _, _ in crop_window(layer, in_shapes))
-                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
-
     def infer_shapes(self, layer, in_shapes):
         p = layer.param.crop_param
         _, out = crop_geometry(tuple(in_shapes[0]), tuple(in_shapes[1]), p.axis,
