@@ -217,8 +217,9 @@ class Deconvolution(_Convolution):
 class Im2col(_Windowed):
     """Caffe's im2col as a layer: channel c·K + j of the output (K kernel offsets, j in
     row-major order) is input channel c read at kernel offset j, zero in the padding. Both
-    emitters run it as a grouped convolution with a constant one-hot weight, which is exact:
-    every output is one input value times 1 plus zeros."""
+    emitters run it as a grouped convolution with a constant one-hot weight, which is exact
+    for finite inputs: every output is one input value times 1 plus zeros (an infinity
+    elsewhere in the window would make a 0·inf NaN where Caffe copies the value)."""
 
     def infer_shapes(self, layer, in_shapes):
         x = tuple(in_shapes[0])
