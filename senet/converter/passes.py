@@ -12,7 +12,9 @@ import numpy as np
 from senet.converter import caffe_pb2 as pb
 from senet.converter.caffe_reader import CaffeFile, RawLayer
 from senet.converter.graph import CaffeNet, Layer
-from senet.converter.semantics import batchnorm_affine, fold_affine_into_conv, prototxt_float
+from senet.converter.semantics import (
+    batchnorm_affine, canonical_axis, fold_affine_into_conv, prototxt_float,
+)
 from senet.errors import CaffeFormatError, UsageError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -202,6 +204,8 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
     for conv in net.layers:
         if conv.type != "Convolution" or len(conv.bottoms) != 1 or len(conv.tops) != 1:
             continue
+        if _channel_axis(net, conv) != 1:  # BatchNorm's channels are axis 1, not the conv's
+            continue
         bn = rewrite.sole_consumer(conv.tops[0])
         if bn is None or bn.type != "BatchNorm":
             continue
@@ -229,6 +233,11 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
         for blob in [conv.tops[0]] + [layer.tops[0] for layer in chain[:-1]]:
             rewrite.forget(blob)
     return rewrite.result()
+
+
+def _channel_axis(net: CaffeNet, conv: Layer) -> int:
+    ndim = len(net.shapes[conv.bottoms[0]])
+    return canonical_axis(conv.param.convolution_param.axis, ndim, conv.name)
 
 
 def _is_channel_scale(net: CaffeNet, layer: Layer, channels: int) -> bool:

@@ -477,3 +477,53 @@ def log_base_scale(base: float, layer: str) -> float:
     if not np.isfinite(factor):
         raise ShapeError(f"Log base {np.float32(base)} gives 1/ln(base) = {factor}", layer=layer)
     return float(factor)
+
+
+# ----------------------------------------------------------------------------- spatial
+# (Deconvolution, Crop, Im2col: base_conv_layer.cpp, deconv_layer.cpp, crop_layer.cpp,
+# im2col_layer.cpp and util/im2col.cpp of BVLC Caffe)
+
+def deconv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
+    """Caffe's deconvolution output size: s(size-1) + d(k-1) + 1 - 2p (the inverse of the
+    convolution rule without its floor; Caffe has no output_padding)."""
+    extent = dilation * (kernel - 1) + 1
+    return stride * (size - 1) + extent - 2 * pad
+
+
+def crop_geometry(in_shape: Shape, ref_shape: Shape, axis: int, offsets: list[int],
+                  layer: str) -> tuple[Shape, Shape]:
+    """(offset of every axis, output shape) of Caffe's Crop: axes before `axis` (canonical,
+    so negative counts from the end) are kept whole; every axis from `axis` on takes the
+    reference's size, starting at the one offset given for all of them, or at its own offset
+    (exactly one per cropped axis), or 0. A crop running past the input is refused."""
+    ndim = len(in_shape)
+    start = canonical_axis(axis, ndim, layer)
+    if len(offsets) > 1 and start + len(offsets) != ndim:
+        raise ShapeError(f"{len(offsets)} crop offsets for the {ndim - start} axes from axis "
+                         f"{start} on (give one, or one per cropped axis)", layer=layer)
+    if len(ref_shape) < ndim:
+        raise ShapeError(f"the reference {list(ref_shape)} has fewer axes than the input "
+                         f"{list(in_shape)}", layer=layer)
+    offs, out = [], []
+    for i, size in enumerate(in_shape):
+        if i < start:
+            offs.append(0)
+            out.append(size)
+            continue
+        off = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+        if size - off < ref_shape[i]:
+            raise ShapeError(f"the crop of axis {i} runs past the input: size {ref_shape[i]} "
+                             f"at offset {off} of {size}", layer=layer)
+        offs.append(off)
+        out.append(ref_shape[i])
+    return tuple(offs), tuple(out)
+
+
+def im2col_one_hot(channels: int, kernel: tuple[int, ...]) -> np.ndarray:
+    """Weight of a convolution with `channels` groups that computes Caffe's im2col: output
+    channel c·K + j (K = prod(kernel), j the kernel offset in row-major order, the last
+    spatial axis fastest) is input channel c at offset j, times exactly 1."""
+    taps = math.prod(kernel)
+    weight = np.zeros((channels * taps, 1, taps), np.float32)
+    weight[np.arange(channels * taps), 0, np.tile(np.arange(taps), channels)] = 1.0
+    return weight.reshape((channels * taps, 1) + tuple(kernel))

@@ -96,5 +96,6 @@ def converter_for(caffe_type: str) -> LayerConverter | None:
 
 # Importing the families registers them.
 from senet.converter.layers import (  # noqa: E402,F401
-    activation, axpy, conv, dense, eltwise, index, norm, pool, recurrent, reduce, structure,
+    activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
+    structure,
 )
