@@ -127,6 +127,12 @@ def assign_ssa_names(inputs: list[str], layers: list[tuple[pb.LayerParameter, li
                 raise GraphError(f"bottom '{b}' (index {i}) is not produced by any earlier layer",
                                  layer=param.name)
             bottoms.append(current[b])
+        for i, t in enumerate(param.top):
+            # Caffe's Net::AppendTop: rewriting a blob is only in place at the same index
+            if t in current and not (i < len(param.bottom) and param.bottom[i] == t):
+                raise GraphError(f"top '{t}' is produced by multiple sources (Caffe writes a "
+                                 "blob again only in place, as top i = bottom i)",
+                                 layer=param.name)
         tops = [new_version(t) for t in param.top]
         out_layers.append(Layer(name=param.name, type=param.type, param=param,
                                 bottoms=bottoms, tops=tops, blobs=list(blobs)))

@@ -538,12 +538,17 @@ def _eltwise(layer, bottoms, params):
     p = _param(layer, "eltwise_param")
     op = get(p, "operation", "SUM")
     op = {0: "PROD", 1: "SUM", 2: "MAX"}.get(op, op)
+    # In place (top == bottom[0]) Caffe initialises the top (SUM: 0, MAX: -FLT_MAX) before
+    # it reads bottom[0]; PROD writes only after reading bottoms 0 and 1.
+    in_place = get_all(layer, "top")[0] == get_all(layer, "bottom")[0]
     if op == "SUM":
         coeffs = [float(c) for c in get_all(p, "coeff")] or [1.0] * len(bottoms)
         if len(coeffs) != len(bottoms):
             raise ValueError(f"{_name(layer)}: {len(coeffs)} coeffs for {len(bottoms)} bottoms")
         y = np.zeros_like(bottoms[0])
-        for c, b in zip(coeffs, bottoms):
+        for i, (c, b) in enumerate(zip(coeffs, bottoms)):
+            if i == 0 and in_place:
+                continue  # the zeroed top is what Caffe reads as bottom[0]
             y += b if c == 1 else c * b
         return [y]
     if op == "PROD":
@@ -552,7 +557,7 @@ def _eltwise(layer, bottoms, params):
             y *= b
         return [y]
     if op == "MAX":
-        y = bottoms[0].copy()
+        y = np.full_like(bottoms[0], -FLT_MAX) if in_place else bottoms[0].copy()
         for b in bottoms[1:]:
             np.maximum(y, b, out=y)
         return [y]
