@@ -81,6 +81,11 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
                    warn=warn)
     if expected is not None:
         check_architecture(net, expected)
+    fixed_by = net.batch_fixed_by() if to in ("onnx", "torch") else None
+    if fixed_by and warn:
+        shapes = ", ".join(f"{n} {list(s)}" for n, s in net.inputs.items())
+        warn(f"static batch: the {to} model takes only the input shapes {shapes} "
+             f"({fixed_by})")
     recognised = recognise(net)
     destination = Path(output) if output is not None else Path(Path(model).stem + TARGETS[to])
     outputs = list(outputs) if outputs else None

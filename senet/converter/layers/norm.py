@@ -66,6 +66,13 @@ class _Affine(LayerConverter):
         self.operand_shape(layer, in_shapes)
         return [in_shapes[0]]
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        """A learned blob starting at axis 0 has one value per sample of this batch."""
+        axis, shape = self.operand_shape(layer, in_shapes)
+        learned_on_batch = axis == 0 and len(shape) > 0 and bool(
+            self.blob_shapes(layer, in_shapes))
+        return not learned_on_batch and super().keeps_batch(layer, in_shapes, out_shapes, batch)
+
     def emit(self, layer, g, x, operand_blob_or_name, out, axis, operand_shape, learned):
         ndim = len(g.shape(x))
         target = broadcast_shape_for(operand_shape, ndim, axis)
