@@ -12,7 +12,9 @@ import numpy as np
 from senet.converter import caffe_pb2 as pb
 from senet.converter.caffe_reader import CaffeFile, RawLayer
 from senet.converter.graph import CaffeNet, Layer
-from senet.converter.semantics import batchnorm_affine, fold_affine_into_conv, prototxt_float
+from senet.converter.semantics import (
+    batchnorm_affine, batchnorm_uses_batch_statistics, fold_affine_into_conv, prototxt_float,
+)
 from senet.errors import CaffeFormatError, UsageError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -203,7 +205,8 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
         if conv.type != "Convolution" or len(conv.bottoms) != 1 or len(conv.tops) != 1:
             continue
         bn = rewrite.sole_consumer(conv.tops[0])
-        if bn is None or bn.type != "BatchNorm":
+        if (bn is None or bn.type != "BatchNorm"
+                or batchnorm_uses_batch_statistics(bn.param)):  # no constant affine map
             continue
         channels = net.shapes[conv.tops[0]][1]
         chain = [bn]
