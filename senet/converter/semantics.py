@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from senet.converter import caffe_pb2 as pb
 from senet.errors import ShapeError
 
 Shape = tuple[int, ...]
@@ -149,9 +150,13 @@ def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
 def batchnorm_uses_batch_statistics(param) -> bool:
     """BatchNorm normalises with the batch's own mean and biased variance (over every axis
     but 1) instead of its stored statistics: Caffe's use_global_stats defaults to
-    (phase == TEST), so only an explicit `use_global_stats: false` does this in a deploy net."""
+    (phase == TEST), so only an explicit `use_global_stats: false` does this in a deploy net.
+    Not in a layer stored by a TRAIN-phase net (a solver snapshot's own net records
+    `phase: TRAIN` on every layer): that false is its training setting, and the deploy net
+    senet extracts from it uses the statistics, as the net's TEST prototxt does."""
     p = param.batch_norm_param
-    return p.HasField("use_global_stats") and not p.use_global_stats
+    stored_for_training = param.HasField("phase") and param.phase == pb.TRAIN
+    return p.HasField("use_global_stats") and not p.use_global_stats and not stored_for_training
 
 
 def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:

@@ -139,6 +139,20 @@ def test_batch_statistics_with_opset_18_reduce_mean(tmp_path):
                        reference(text, weights, inputs)["y"].astype(np.float32))
 
 
+def test_batch_statistics_not_in_a_layer_stored_by_a_training_net():
+    """A solver snapshot's own net marks its layers `phase: TRAIN`; its use_global_stats
+    false is for training, and the extracted deploy net uses the stored statistics."""
+    from senet.converter import caffe_pb2 as pb
+    from senet.converter.semantics import batchnorm_uses_batch_statistics
+    layer = pb.LayerParameter(name="bn", type="BatchNorm")
+    layer.batch_norm_param.use_global_stats = False
+    assert batchnorm_uses_batch_statistics(layer)
+    layer.phase = pb.TEST
+    assert batchnorm_uses_batch_statistics(layer)
+    layer.phase = pb.TRAIN
+    assert not batchnorm_uses_batch_statistics(layer)
+
+
 def test_pooling_models_with_empty_windows_load_in_onnxruntime(tmp_path):
     for case in ("Pooling/max_k1_s2_empty_window", "Pooling/ave_k1_s2_empty_window"):
         model, prototxt, _, _ = load_case(case)
