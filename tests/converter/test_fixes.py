@@ -276,7 +276,7 @@ def _floor_spp(x: np.ndarray, height: int) -> np.ndarray:
 
 def test_spp_kernels_round_up(tmp_path):
     """Kernels of floor(H / bins) (a wrong reading of spp_layer.cpp) make other windows: on
-    9×11 the level of 4 bins pools 2×2 windows into 5×5 cells, not 3×3 ones into 4×4."""
+    9×11 the level of 4 bins pools 2×2 windows into 5×6 cells, not 3×3 ones into 4×4."""
     assert [spp_level_window(s, 2) for s in (9, 11)] == [(3, 2), (3, 1)]
     inputs, ours, caffe = _onnx_case(tmp_path, "SPP/max_pyramid3")
     assert_caffe_equal("y", ours["y"], caffe["y"])
@@ -284,13 +284,16 @@ def test_spp_kernels_round_up(tmp_path):
     assert wrong.shape != caffe["y"].shape
 
 
-def test_eltwise_in_place_loses_bottom0():
-    """The textbook SUM (h + 2b) is not what Caffe outputs in place: it gives 2b."""
-    model, prototxt, inputs, outputs = load_case("Eltwise/sum_inplace_top_is_bottom0")
+def test_eltwise_in_place_loses_bottom0(tmp_path):
+    """In place, Caffe's SUM h + 2b (h = 2a) outputs 2b and MAX outputs b: the textbook
+    results differ."""
+    inputs, ours, caffe = _onnx_case(tmp_path, "Eltwise/sum_inplace_top_is_bottom0")
+    assert_caffe_equal("h", ours["h"], caffe["h"])
     textbook = 2 * inputs["a"] + 2 * inputs["b"]
-    caffe = outputs["h"]
-    np.testing.assert_allclose(caffe, 2 * inputs["b"], rtol=1e-6)
-    assert np.abs(textbook - caffe).max() / np.abs(caffe).max() > WRONG
+    assert np.abs(textbook - caffe["h"]).max() / np.abs(caffe["h"]).max() > WRONG
+    inputs, ours, caffe = _onnx_case(tmp_path, "Eltwise/max_inplace_top_is_bottom0")
+    assert_caffe_equal("h", ours["h"], caffe["h"])
+    assert not np.array_equal(np.maximum(2 * inputs["a"], inputs["b"]), caffe["h"])
 
 
 def test_mask_is_an_index_in_the_plane(tmp_path):
