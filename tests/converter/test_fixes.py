@@ -153,6 +153,31 @@ def test_batch_statistics_not_in_a_layer_stored_by_a_training_net():
     assert not batchnorm_uses_batch_statistics(layer)
 
 
+def test_in_place_and_phase_survive_the_safetensors_graph_spec(tmp_path):
+    """The spec keeps the Caffe bottom/top names and the phase that Eltwise and BatchNorm
+    read: the rebuilt module still loses bottom[0] in place and uses stored statistics."""
+    from senet.converter.torch_io import load_safetensors, save_safetensors
+    shapes = {"a": (2, 3), "b": (2, 3), "x": (4, 3)}
+    body = '''
+layer { name: "h" type: "Power" bottom: "a" top: "h" power_param { scale: 2 } }
+layer { name: "e" type: "Eltwise" bottom: "h" bottom: "b" top: "h" eltwise_param { coeff: 1 coeff: 3 } }
+layer { name: "bn" type: "BatchNorm" bottom: "x" top: "y" phase: TRAIN
+  batch_norm_param { use_global_stats: false } }'''
+    text = net_text(shapes, body)
+    weights = make_weights(parse_prototxt(text), shapes, 0)
+    inputs = {n: make_input(s, i + 1) for i, (n, s) in enumerate(shapes.items())}
+    proto, model = write_net(tmp_path, text, weights)
+    net = senet.load_caffe(model, proto)
+    save_safetensors(net, tmp_path / "n.safetensors", ["h", "y"])
+    feed = [torch.from_numpy(inputs[n]) for n in net.inputs]
+    with torch.no_grad():
+        h, y = load_safetensors(tmp_path / "n.safetensors")(*feed)
+    np.testing.assert_allclose(h.numpy(), 3 * inputs["b"], rtol=1e-6)
+    stored = reference(text.replace("use_global_stats: false", "use_global_stats: true"),
+                       weights, inputs)["y"]
+    np.testing.assert_allclose(y.numpy(), stored, rtol=1e-5, atol=1e-6)
+
+
 def test_pooling_models_with_empty_windows_load_in_onnxruntime(tmp_path):
     for case in ("Pooling/max_k1_s2_empty_window", "Pooling/ave_k1_s2_empty_window"):
         model, prototxt, _, _ = load_case(case)
