@@ -13,7 +13,8 @@ from senet.converter import caffe_pb2 as pb
 from senet.converter.caffe_reader import CaffeFile, RawLayer
 from senet.converter.graph import CaffeNet, Layer
 from senet.converter.semantics import (
-    batchnorm_affine, canonical_axis, fold_affine_into_conv, prototxt_float,
+    batchnorm_affine, batchnorm_uses_batch_statistics, canonical_axis, fold_affine_into_conv,
+    prototxt_float,
 )
 from senet.errors import CaffeFormatError, UsageError
 
@@ -207,7 +208,8 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
         if _channel_axis(net, conv) != 1:  # BatchNorm's channels are axis 1, not the conv's
             continue
         bn = rewrite.sole_consumer(conv.tops[0])
-        if bn is None or bn.type != "BatchNorm":
+        if (bn is None or bn.type != "BatchNorm"
+                or batchnorm_uses_batch_statistics(bn.param)):  # no constant affine map
             continue
         channels = net.shapes[conv.tops[0]][1]
         chain = [bn]

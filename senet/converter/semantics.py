@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from senet.converter import caffe_pb2 as pb
 from senet.errors import ShapeError
 
 Shape = tuple[int, ...]
@@ -109,6 +110,32 @@ def ave_pool_divisors(geom_h: PoolGeometry, geom_w: PoolGeometry) -> np.ndarray:
     return np.outer(axis(geom_h), axis(geom_w)).astype(np.float64)
 
 
+def empty_pool_windows(g: PoolGeometry) -> int:
+    """How many trailing windows start at or past the end of the input (ceil rounding without
+    padding: kernel 1, stride 2 on an even size). Caffe's MAX gives them -FLT_MAX (its
+    initial value) and AVE 0/0 = NaN (the clipped window counts no cell); ONNX and PyTorch
+    have no such window, so emitters pool the others and append these as constants."""
+    starts = np.arange(g.output) * g.stride - g.pad
+    return int(np.count_nonzero(starts >= g.input_extent))
+
+
+def without_empty_windows(g: PoolGeometry) -> PoolGeometry:
+    """`g` with its empty trailing windows (see empty_pool_windows) left out."""
+    return PoolGeometry(g.kernel, g.stride, g.pad, g.output - empty_pool_windows(g),
+                        g.input_extent)
+
+
+# ----------------------------------------------------------------------------- SPP
+
+def spp_level_window(size: int, level: int) -> tuple[int, int]:
+    """(kernel, pad) of Caffe's SPP pyramid level `level` along an axis of `size` (stride =
+    kernel): 2^level bins, kernel = ceil(size / bins), pad = half the shortfall
+    kernel·bins − size, rounded up. The level is then an ordinary Pooling with these."""
+    bins = 2 ** level
+    kernel = -(-size // bins)
+    return kernel, (kernel * bins - size + 1) // 2
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
@@ -118,6 +145,18 @@ def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
     f = float(np.asarray(factor, dtype=np.float64).reshape(-1)[0]) if np.size(factor) else 1.0
     scale = 0.0 if f == 0 else 1.0 / f
     return (np.asarray(mean, np.float64) * scale, np.asarray(var, np.float64) * scale)
+
+
+def batchnorm_uses_batch_statistics(param) -> bool:
+    """BatchNorm normalises with the batch's own mean and biased variance (over every axis
+    but 1) instead of its stored statistics: Caffe's use_global_stats defaults to
+    (phase == TEST), so only an explicit `use_global_stats: false` does this in a deploy net.
+    Not in a layer stored by a TRAIN-phase net (a solver snapshot's own net records
+    `phase: TRAIN` on every layer): that false is its training setting, and the deploy net
+    senet extracts from it uses the statistics, as the net's TEST prototxt does."""
+    p = param.batch_norm_param
+    stored_for_training = param.HasField("phase") and param.phase == pb.TRAIN
+    return p.HasField("use_global_stats") and not p.use_global_stats and not stored_for_training
 
 
 def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:

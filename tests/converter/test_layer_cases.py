@@ -2,8 +2,7 @@
 layer_cases) through senet.convert, then onnxruntime and torch.export.load: Caffe's own float32
 outputs, within 1e-5 of the output's largest magnitude plus a few float32 ulps of each value.
 
-Cases senet cannot match yet are listed in GAPS with the reason; they are strict xfails, so
-one that starts passing fails until it is taken off the list.
+Every case must match in both emitters: there is no list of known failures.
 """
 
 from __future__ import annotations
@@ -23,61 +22,6 @@ CASES = ([f"{c['type']}/{c['case']}" for c in json.loads(INDEX.read_text())["cas
          if INDEX.exists() else [])
 RELATIVE = 1e-5
 ULPS = 4
-
-# case -> why it fails today (issue 8's work list); "onnx:" / "torch:" limit it to one emitter
-GAPS: dict[str, str] = {
-    "BatchNorm/use_global_stats_false_batch_stats": "wrong or refused today (issue 8 lists it)",
-    "Bias/num_axes0_scalar": "wrong or refused today (issue 8 lists it)",
-    "Bias/two_bottoms_scalar": "wrong or refused today (issue 8 lists it)",
-    "Dropout/inplace": "wrong or refused today (issue 8 lists it)",
-    "Eltwise/max_inplace_top_is_bottom0": "wrong or refused today (issue 8 lists it)",
-    "Eltwise/prod_inplace_top_is_bottom0": "wrong or refused today (issue 8 lists it)",
-    "Eltwise/sum_inplace_top_is_bottom0": "wrong or refused today (issue 8 lists it)",
-    "PReLU/channel_shared": "wrong or refused today (issue 8 lists it)",
-    "Pooling/ave_k1_s2_empty_window": "wrong or refused today (issue 8 lists it)",
-    "Pooling/max_k1_s2_empty_window": "wrong or refused today (issue 8 lists it)",
-    "Pooling/max_with_mask_top": "wrong or refused today (issue 8 lists it)",
-    "SPP/ave_pyramid2": "no SPP converter yet",
-    "SPP/ave_pyramid3_odd": "no SPP converter yet",
-    "SPP/max_pyramid1_stays_4d": "no SPP converter yet",
-    "SPP/max_pyramid2_wide": "no SPP converter yet",
-    "SPP/max_pyramid3": "no SPP converter yet",
-    "Scale/num_axes0_scalar_bias": "wrong or refused today (issue 8 lists it)",
-    "Scale/two_bottoms_scalar": "wrong or refused today (issue 8 lists it)",
-    "torch:BatchReindex/permute_repeat": "torch_io gives all inputs one batch Dim; x has 3 rows, idx 4 (static/per-input batch: fixes branch)",
-    "torch:BatchReindex/subset": "torch_io gives all inputs one batch Dim; x has 4 rows, idx 2 (static/per-input batch: fixes branch)",
-    "torch:Bias/two_bottoms_axis1_c": "wrong or refused today (issue 8 lists it)",
-    "torch:Bias/two_bottoms_axis2_hw": "wrong or refused today (issue 8 lists it)",
-    "torch:Concat/axis0": "wrong or refused today (issue 8 lists it)",
-    "torch:Crop/axis0_all_dims": "batch cropped: inputs' batches differ, .pt2 has one dynamic batch (fixes branch)",
-    "torch:Crop/axis1_single_offset": "inputs' batches differ; the .pt2 has one dynamic batch (fixes branch)",
-    "torch:Crop/axis_neg1": "inputs' batches differ; the .pt2 has one dynamic batch (fixes branch)",
-    "torch:InnerProduct/axis0_all": "wrong or refused today (issue 8 lists it)",
-    "torch:Input/two_tops_two_shapes": "wrong or refused today (issue 8 lists it)",
-    "torch:LSTM/t4_n2_basic": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:LSTM/t4_n2_expose_hidden": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:LSTM/t4_n2_input_4d": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:LSTM/t4_n2_restart_midsequence": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:LSTM/t4_n2_static_input": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:Parameter/added_to_input": "the learned (2,3,4) blob fixes the batch at 2; torch_io exports it dynamic (static batch: fixes branch)",
-    "torch:RNN/t4_n2_basic": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:RNN/t4_n2_expose_hidden": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:RNN/t4_n2_input_4d": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:RNN/t4_n2_restart_midsequence": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:RNN/t4_n2_static_input": "export makes axis 0 (T here) a dynamic batch: needs static batch (fixes)",
-    "torch:Reshape/explicit_4d": "wrong or refused today (issue 8 lists it)",
-    "torch:Scale/axis0_num_axes1": "wrong or refused today (issue 8 lists it)",
-    "torch:Scale/two_bottoms_axis1_c": "wrong or refused today (issue 8 lists it)",
-    "torch:Scale/two_bottoms_axis1_chw": "wrong or refused today (issue 8 lists it)",
-    "torch:Scale/two_bottoms_axis2_hw": "wrong or refused today (issue 8 lists it)",
-    "torch:Scale/two_bottoms_bias_term": "wrong or refused today (issue 8 lists it)",
-    "torch:Slice/axis0_points": "wrong or refused today (issue 8 lists it)",
-}
-
-
-def gap(case: str, emitter: str):
-    reason = GAPS.get(case) or GAPS.get(f"{emitter}:{case}")
-    return pytest.mark.xfail(reason=reason, strict=True) if reason else ()
 
 
 def load_case(case: str):
@@ -105,12 +49,12 @@ def assert_caffe_equal(name: str, ours: np.ndarray, caffe: np.ndarray) -> None:
                            f"(max |ref| {np.abs(caffe).max():.3g})")
 
 
-def params(emitter: str):
-    return [pytest.param(case, marks=gap(case, emitter), id=case) for case in CASES] or \
+def params():
+    return [pytest.param(case, id=case) for case in CASES] or \
         [pytest.param("(../shared absent)", id="shared-absent")]
 
 
-@pytest.mark.parametrize("case", params("onnx"))
+@pytest.mark.parametrize("case", params())
 def test_onnx_equals_real_caffe(tmp_path, case):
     model, prototxt, inputs, outputs = load_case(case)
     path = senet.convert(model, "onnx", tmp_path / "m.onnx", prototxt=prototxt,
@@ -123,7 +67,7 @@ def test_onnx_equals_real_caffe(tmp_path, case):
     assert sorted(names) == sorted(outputs)
 
 
-@pytest.mark.parametrize("case", params("torch"))
+@pytest.mark.parametrize("case", params())
 def test_torch_equals_real_caffe(tmp_path, case):
     torch = pytest.importorskip("torch")
     import senet.kernels  # noqa: F401  (a bare .pt2 needs the senet ops)

@@ -249,9 +249,6 @@ BATCH_RULE = {  # net -> whether its batch is free (LayerConverter.keeps_batch)
 
 @pytest.mark.parametrize("name", sorted(BATCH_RULE))
 def test_batch_stays_free_unless_axis_0_is_spanned(tmp_path, name):
-    from senet.converter.graph import CaffeNet
-    if not hasattr(CaffeNet, "batch_fixed_by"):
-        pytest.skip("needs the static-batch rule (CaffeNet.batch_fixed_by, fixes branch)")
     nets = {
         "conv_axis0_no_batch": SEEDED["conv_axis0_no_batch"][:2],
         "conv_axis2_extra_batch": ({"x": (2, 2, 3, 6, 7)}, conv_layer(

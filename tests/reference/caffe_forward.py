@@ -403,7 +403,34 @@ def _pooling(layer, bottoms, params):
     method = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(get(p, "pool"), get(p, "pool", "MAX"))
     round_mode = get(p, "round_mode", "CEIL")
     with np.errstate(divide="ignore", invalid="ignore"):
-        return [_pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode)]
+        y = _pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode)
+    if len(get_all(layer, "top")) == 1:
+        return [y]
+    if method != "MAX":
+        raise ValueError(f"{_name(layer)}: only MAX pooling has a mask top")
+    return [y, _max_pool_mask(x, tuple(kernel), tuple(stride), tuple(pad), y.shape[2:])]
+
+
+def _max_pool_mask(x: np.ndarray, kernel, stride, pad, out_hw) -> np.ndarray:
+    """Caffe's argmax top: for each window clipped to the image, the index h*W + w of the
+    first cell in row-major order holding the maximum, if that maximum exceeds -FLT_MAX
+    (Caffe replaces its -FLT_MAX start only on '>'), else -1."""
+    h, w = x.shape[2:]
+    mask = np.full(x.shape[:2] + tuple(out_hw), -1, dtype=x.dtype)
+    for a in range(out_hw[0]):
+        for b in range(out_hw[1]):
+            h0, w0 = a * stride[0] - pad[0], b * stride[1] - pad[1]
+            rows = range(max(h0, 0), min(h0 + kernel[0], h))
+            cols = range(max(w0, 0), min(w0 + kernel[1], w))
+            if not rows or not cols:
+                continue
+            window = x[:, :, rows.start:rows.stop, cols.start:cols.stop]
+            flat = window.reshape(window.shape[:2] + (-1,))
+            first = np.argmax(flat, axis=2)  # first occurrence of the maximum
+            index = (rows.start + first // len(cols)) * w + cols.start + first % len(cols)
+            wins = np.take_along_axis(flat, first[..., None], axis=2)[..., 0] > -FLT_MAX
+            mask[:, :, a, b] = np.where(wins, index, -1)
+    return mask
 
 
 # --------------------------------------------------------------------------- #
@@ -473,12 +500,17 @@ def _eltwise(layer, bottoms, params):
     p = _param(layer, "eltwise_param")
     op = get(p, "operation", "SUM")
     op = {0: "PROD", 1: "SUM", 2: "MAX"}.get(op, op)
+    # In place (top == bottom[0]) Caffe initialises the top (SUM: 0, MAX: -FLT_MAX) before
+    # it reads bottom[0]; PROD writes only after reading bottoms 0 and 1.
+    in_place = get_all(layer, "top")[0] == get_all(layer, "bottom")[0]
     if op == "SUM":
         coeffs = [float(c) for c in get_all(p, "coeff")] or [1.0] * len(bottoms)
         if len(coeffs) != len(bottoms):
             raise ValueError(f"{_name(layer)}: {len(coeffs)} coeffs for {len(bottoms)} bottoms")
         y = np.zeros_like(bottoms[0])
-        for c, b in zip(coeffs, bottoms):
+        for i, (c, b) in enumerate(zip(coeffs, bottoms)):
+            if i == 0 and in_place:
+                continue  # the zeroed top is what Caffe reads as bottom[0]
             y += b if c == 1 else c * b
         return [y]
     if op == "PROD":
@@ -487,7 +519,7 @@ def _eltwise(layer, bottoms, params):
             y *= b
         return [y]
     if op == "MAX":
-        y = bottoms[0].copy()
+        y = np.full_like(bottoms[0], -FLT_MAX) if in_place else bottoms[0].copy()
         for b in bottoms[1:]:
             np.maximum(y, b, out=y)
         return [y]
@@ -672,6 +704,8 @@ from . import forward_index  # noqa: E402,F401
 from . import forward_recurrent  # noqa: E402,F401
 from . import forward_reduce  # noqa: E402,F401
 from . import forward_spatial  # noqa: E402,F401
+
+from . import forward_spp  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}

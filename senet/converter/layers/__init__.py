@@ -35,6 +35,14 @@ class LayerConverter:
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         return [in_shapes[0]] * len(layer.tops)
 
+    def keeps_batch(self, layer: Layer, in_shapes: list[Shape], out_shapes: list[Shape],
+                    batch: int) -> bool:
+        """Whether the layer gives Caffe's result for any batch size, axis 0 of its bottoms
+        and tops being the batch (see CaffeNet.batch_fixed_by). Default: every bottom and
+        top has axis 0 of size `batch`. A layer whose weights or axes span axis 0 says
+        False."""
+        return all(len(s) > 0 and s[0] == batch for s in (*in_shapes, *out_shapes))
+
     def to_onnx(self, layer: Layer, g) -> None:  # g: senet.converter.to_onnx.OnnxGraph
         raise NotImplementedError(f"{type(self).__name__} has no ONNX emitter")
 

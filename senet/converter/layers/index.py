@@ -105,6 +105,9 @@ class BatchReindex(LayerConverter):
     def infer_shapes(self, layer, in_shapes):
         return [batch_reindex_output(tuple(in_shapes[0]), tuple(in_shapes[1]), layer.name)]
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return False  # the top's rows are the index list's, whatever its length
+
     def to_onnx(self, layer, g):
         rows = _onnx_row_index(g, layer.bottoms[1], layer.name + "/rows")
         g.node("Gather", [layer.bottoms[0], rows], layer.tops, axis=0)
@@ -131,6 +134,9 @@ class Filter(LayerConverter):
 
     def infer_shapes(self, layer, in_shapes):
         return filter_output([tuple(s) for s in in_shapes], layer.name)
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return False  # the tops have as many rows as the selector picks
 
     def to_onnx(self, layer, g):
         name = layer.name
@@ -166,6 +172,9 @@ class Parameter(LayerConverter):
 
     def infer_shapes(self, layer, in_shapes):
         return self.blob_shapes(layer, in_shapes)
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return False  # axis 0 of the top is the stored blob's
 
     def to_onnx(self, layer, g):
         g.node("Identity", [g.const(layer.blobs[0], layer.name + "/blob")], layer.tops)

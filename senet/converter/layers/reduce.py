@@ -33,6 +33,10 @@ class ArgMax(LayerConverter):
     def infer_shapes(self, layer, in_shapes):
         return [self.geometry(layer, in_shapes[0])[1]]
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        axis, _ = self.geometry(layer, in_shapes[0])
+        return axis != 0 and super().keeps_batch(layer, in_shapes, out_shapes, batch)
+
     def to_onnx(self, layer, g):
         x = layer.bottoms[0]
         axis, out_shape = self.geometry(layer, g.shape(x))
