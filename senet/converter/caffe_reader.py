@@ -301,10 +301,12 @@ def _reject_other_formats(head: bytes, path: str) -> None:
         raise CaffeFormatError("an HDF5 snapshot (snapshot_format: HDF5), not a binary "
                                ".caffemodel", where=path,
                                hint="senet reads the protobuf format Caffe writes by default")
-    text = head.lstrip()
-    if text[:5] in (b"name:", b"layer", b"input") or text.startswith(b"#"):
-        raise CaffeFormatError("a text prototxt, not a binary .caffemodel", where=path,
-                               hint="pass it with --prototxt")
+    from senet.converter.prototxt import looks_like_prototxt
+    if looks_like_prototxt(head):
+        raise CaffeFormatError("a text prototxt, not a binary .caffemodel: it holds no "
+                               "weights to convert", where=path,
+                               hint="pass it with --prototxt beside the .caffemodel; "
+                                    "--inspect reads a prototxt alone")
 
 
 def _read_layer(buf, start, end, path, index) -> RawLayer:
