@@ -103,7 +103,7 @@ def deploy_layers(cf: CaffeFile, input_shape: Shapes
         raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
     read = {b for raw in kept for b in raw.param.bottom}
     for name in from_data - read:
-        if len(inputs) > 1:  # a label-only data layer (DummyData "label") feeds only losses
+        if len(inputs) > 1:  # a data top that only losses read (HDF5's "target_sentence")
             del inputs[name]
     shaped, defaulted = _shaped_inputs(inputs, input_shape)
     return shaped, kept, defaulted
@@ -151,9 +151,8 @@ def _shaped_inputs(inputs: dict[str, tuple[int, ...] | None], given: Shapes):
 def _data_tops(p: pb.LayerParameter) -> list[str]:
     """The tops of a data layer that carry data, not labels: every top not named like a
     label (Data puts images first, HDF5Data orders tops by dataset name, a Python layer
-    gives what it likes), or the first top if all are."""
-    data = [top for top in p.top if "label" not in top.lower()]
-    return data or [p.top[0]]
+    gives what it likes). None for a layer of labels only (YOLO's DummyData "label")."""
+    return [top for top in p.top if "label" not in top.lower()]
 
 
 def _data_layer_shape(p: pb.LayerParameter, top: str) -> tuple[int, ...] | None:

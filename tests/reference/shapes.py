@@ -64,7 +64,7 @@ def deploy_net(net: Message, input_shapes: dict[str, tuple[int, ...]]) -> Messag
         tops = get_all(layer, "top")
         if _is_data(layer):
             if active:
-                data = [t for t in tops if "label" not in t.lower()] or tops[:1]
+                data = [t for t in tops if "label" not in t.lower()]
                 inputs += [t for t in data if t not in inputs]
                 from_data.update(data)
                 dropped.update(t for t in tops if t not in data)
@@ -81,7 +81,7 @@ def deploy_net(net: Message, input_shapes: dict[str, tuple[int, ...]]) -> Messag
         else:
             kept.append(layer)
     read = {b for layer in kept for b in get_all(layer, "bottom")}
-    # A data top only losses read (a separate "label" DummyData) is no input of inference.
+    # A data top only losses read (HDF5's "target_sentence") is no input of inference.
     inputs = [n for n in inputs if n in read or n not in from_data] or inputs
     shapes = {name: tuple(input_shapes.get(name) or declared[name]) for name in inputs}
     feed = {"name": ["deploy_inputs"], "type": ["Input"], "top": list(shapes),
