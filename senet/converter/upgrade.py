@@ -28,6 +28,8 @@ _SHARED_PARAMS = (
     "image_data_param", "inner_product_param", "lrn_param", "memory_data_param", "mvn_param",
     "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param",
     "slice_param", "tanh_param", "threshold_param", "transform_param", "loss_param",
+    "window_data_param", "hdf5_output_param", "contrastive_loss_param", "hinge_loss_param",
+    "infogain_loss_param",
 )
 
 _V0_TYPE_NAMES = {

@@ -264,3 +264,20 @@ def test_every_unsupported_layer_is_listed_at_once(tmp_path):
     assert ("odd (Oddity), prop (Python rpn.proposal_layer.ProposalLayer), odd2 (Oddity)"
             in message)
     assert '@senet.converter.register("Oddity")' in message and "python_param" in message
+
+
+def test_every_v1_enum_and_parameter_survives_the_upgrade():
+    """Each V1 LayerType has its type string, and every V1 parameter that LayerParameter
+    also has is carried over (a V1 WindowData's crop size, for one)."""
+    from senet.converter import caffe_pb2 as pb
+    from senet.converter.upgrade import upgrade_v1_layer
+    for name, number in pb.V1LayerParameter.LayerType.items():
+        if number:
+            assert upgrade_v1_layer(pb.V1LayerParameter(name="x", type=number), "t").type
+    v1 = pb.V1LayerParameter(name="w", type=pb.V1LayerParameter.WINDOW_DATA)
+    shared = {f.name for f in pb.V1LayerParameter.DESCRIPTOR.fields if f.message_type} & {
+        f.name for f in pb.LayerParameter.DESCRIPTOR.fields} - {"blobs", "include", "exclude"}
+    for field in shared:
+        getattr(v1, field).SetInParent()
+    upgraded = upgrade_v1_layer(v1, "t")
+    assert sorted(f for f in shared if not upgraded.HasField(f)) == []
