@@ -47,6 +47,17 @@ def test_a_written_caffemodel_is_not_text(tmp_path):
     assert not looks_like_prototxt(b"\n\nname: x\xa2\x06\x10\n")
 
 
+def test_a_binary_net_whose_name_length_is_a_hash_sign_is_binary(tmp_path):
+    """A 35-character net name is stored after the length byte 0x23, '#': a sniffer that takes
+    a leading '#' for a prototxt comment refuses a real caffemodel."""
+    cf = parse_prototxt_text(f'name: "{"n" * 35}"\nlayer {{ name: "c" type: "Convolution" }}')
+    net = cf.net
+    net.layer.extend(raw.param for raw in cf.layers)
+    write_caffemodel(tmp_path / "m.caffemodel", net, {"c": [np.ones((2, 1, 1, 1), np.float32)]})
+    assert (tmp_path / "m.caffemodel").read_bytes()[:2] == b"\n#"
+    assert read_caffemodel(tmp_path / "m.caffemodel").net.name == "n" * 35
+
+
 def test_squeezenext_is_read_as_text_not_as_a_broken_binary():
     """Its file opens with a blank line and a fork's `engine` field: once sniffed as binary
     ("unsupported wire type 3")."""
