@@ -1,6 +1,7 @@
-"""CPU inference throughput of a converted SE-ResNet-50: images/s at batch 8, 224×224.
+"""CPU inference throughput of a converted net: images/s at batch 8, 224×224.
 
-The net is ../shared/fixtures/senet_prototxt/SE-ResNet-50.prototxt with seeded random weights
+The net is ../shared/fixtures/senet_prototxt/SE-ResNet-50.prototxt (or any single-input
+classification prototxt given with --prototxt, e.g. a zoo net) with seeded random weights
 (tests/reference/random_weights.py: He-scaled convolutions, BatchNorm statistics measured on
 random images, so the last column, each backend's deviation from the unfolded module, is
 meaningful), run by
@@ -16,6 +17,8 @@ Each backend gets `--warmup` untimed batches, then `--iters` timed ones; the med
 gives images/s. torch runs under inference_mode; both runtimes use `--threads` threads.
 
     python bench/bench_cpu.py [--batch 8] [--iters 10] [--warmup 3] [--threads N] [--prototxt P]
+    python bench/bench_cpu.py --prototxt ../shared/fixtures/caffe_zoo/bvlc_googlenet/deploy.prototxt
+    python bench/bench_cpu.py --prototxt ../shared/fixtures/caffe_zoo/resnet50_kaiminghe/deploy.prototxt
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def random_weights(net, prototxt: Path, seed: int = 50) -> None:
     from tests.reference.prototxt_text import parse_prototxt
     from tests.reference.random_weights import make_weights
 
-    shape = (1,) + tuple(net.inputs["data"][1:])
-    weights = make_weights(parse_prototxt(prototxt.read_text()), {"data": shape}, seed)
+    (name, full), = net.inputs.items()
+    weights = make_weights(parse_prototxt(prototxt.read_text()), {name: (1,) + full[1:]}, seed)
     for layer in net.layers:
         if layer.blobs:
             layer.blobs = [np.asarray(w, np.float32).reshape(b.shape)
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", default=None,
+                        help="blob to time up to (default: the blob nothing consumes)")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -90,8 +95,9 @@ def main(argv=None) -> int:
     xt = torch.from_numpy(x)
 
     rows = []
-    folded, unfolded = to_torch(net, ["classifier"]), to_torch(net, ["classifier"], fold=False)
-    channels_last = to_torch(net, ["classifier"]).to(memory_format=torch.channels_last)
+    outputs = [args.output] if args.output else None
+    folded, unfolded = to_torch(net, outputs), to_torch(net, outputs, fold=False)
+    channels_last = to_torch(net, outputs).to(memory_format=torch.channels_last)
     xt_cl = xt.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         reference = unfolded(xt)
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
-        model, initializers = build_graph(net, ["classifier"])
+        model, initializers = build_graph(net, outputs)
         write_model(path, model, initializers)
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads

@@ -18,6 +18,7 @@ from pathlib import Path
 from senet.converter.describe import describe
 from senet.converter.graph import CaffeNet
 from senet.converter.load import load_net
+from senet.converter.semantics import batchnorm_uses_batch_statistics
 from senet.errors import UsageError
 from senet.files import BackgroundSha256, sha256_file
 from senet.progress import Progress
@@ -87,6 +88,15 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
                    warn=warn)
     if expected is not None:
         check_architecture(net, expected)
+    fixed_by = net.batch_fixed_by() if to in ("onnx", "torch") else None
+    if fixed_by and warn:
+        shapes = ", ".join(f"{n} {list(s)}" for n, s in net.inputs.items())
+        warn(f"static batch: the {to} model takes only the input shapes {shapes} "
+             f"({fixed_by})")
+    for layer in net.layers if warn else []:
+        if layer.type == "BatchNorm" and batchnorm_uses_batch_statistics(layer.param):
+            warn(f"layer '{layer.name}' normalises with the batch's own statistics "
+                 "(use_global_stats: false), as Caffe does: each output depends on the batch")
     recognised = recognise(net)
     destination = Path(output) if output is not None else Path(Path(model).stem + TARGETS[to])
     outputs = list(outputs) if outputs else None

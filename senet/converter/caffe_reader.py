@@ -133,6 +133,7 @@ def decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, bool
     """One BlobProto as an array (a view of `buf` when stored as packed float32), and whether
     its shape was stored the legacy way (num/channels/height/width, not `shape`)."""
     legacy = [0, 0, 0, 0]
+    legacy_seen = False
     shape: list[int] | None = None
     data = None
     loose_floats: list[tuple[int, int]] = []
@@ -141,6 +142,7 @@ def decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, bool
     for number, wire, vs, ve, value in _fields(buf, start, end, where):
         if number in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH) and wire == VARINT:
             legacy[number - 1] = _as_int32(value)
+            legacy_seen = True
         elif number == BLOB_SHAPE and wire == LEN:
             shape = _decode_shape(buf, vs, ve, where)
         elif number == BLOB_DATA and wire == LEN:
@@ -163,8 +165,11 @@ def decode_blob(buf, start: int, end: int, where: str) -> tuple[np.ndarray, bool
         data = np.array([struct.unpack_from("<f", buf, s)[0] for s, _ in loose_floats], "<f4")
     if raw is not None and data is None:
         data = _decode_raw(buf, raw, raw_type, where)
-    is_legacy = shape is None
-    dims = shape if shape is not None else legacy
+    # Caffe's Blob::FromProto: any of num/channels/height/width makes the shape the legacy
+    # 4-D one; otherwise it is `shape`, and a blob without either is a 0-axis scalar (what
+    # Caffe writes for a scalar, e.g. Scale with num_axes 0 or a channel-shared PReLU slope).
+    is_legacy = legacy_seen
+    dims = legacy if legacy_seen else (shape or [])
     count = _checked_count(dims, where)
     if data is None:
         data = np.zeros(0, dtype="<f4")
@@ -266,7 +271,22 @@ def read_caffemodel(path: str | os.PathLike) -> CaffeFile:
 
 def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     """Parse caffemodel bytes (bytes, bytearray or mmap); blobs may be views of `buf`."""
-    _reject_other_formats(buf[:64], path)
+    _reject_hdf5(buf[:8], path)
+    try:
+        return _parse_net(buf, path)
+    except CaffeFormatError:
+        # Only bytes that are no binary net are sniffed for text: a binary net can start
+        # like text (a name of 35 bytes is stored as "\n#<name>").
+        from senet.converter.prototxt import looks_like_prototxt
+        if looks_like_prototxt(buf[:64]):
+            raise CaffeFormatError("a text prototxt, not a binary .caffemodel: it holds no "
+                                   "weights to convert", where=path,
+                                   hint="pass it with --prototxt beside the .caffemodel; "
+                                        "--inspect reads a prototxt alone") from None
+        raise
+
+
+def _parse_net(buf, path: str) -> CaffeFile:
     net_rest = bytearray()
     layers: list[RawLayer] = []
     formats = set()
@@ -294,19 +314,11 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     return CaffeFile(net=net, layers=layers, path=path, format=fmt)
 
 
-def _reject_other_formats(head: bytes, path: str) -> None:
-    """Name the format of files that are clearly not a binary Caffe net."""
-    head = bytes(head)
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+def _reject_hdf5(head: bytes, path: str) -> None:
+    if bytes(head).startswith(b"\x89HDF\r\n\x1a\n"):
         raise CaffeFormatError("an HDF5 snapshot (snapshot_format: HDF5), not a binary "
                                ".caffemodel", where=path,
                                hint="senet reads the protobuf format Caffe writes by default")
-    from senet.converter.prototxt import looks_like_prototxt
-    if looks_like_prototxt(head):
-        raise CaffeFormatError("a text prototxt, not a binary .caffemodel: it holds no "
-                               "weights to convert", where=path,
-                               hint="pass it with --prototxt beside the .caffemodel; "
-                                    "--inspect reads a prototxt alone")
 
 
 def _read_layer(buf, start, end, path, index) -> RawLayer:

@@ -3,7 +3,8 @@
 Caffe lets a layer overwrite a blob in place (BatchNorm, Scale, ReLU on the same name). The IR
 gives every write its own name so that each value exists once: the final write of a Caffe blob
 keeps the plain Caffe name (what users ask for with --outputs), earlier writes are named
-``blob#k`` with k the write index.
+``blob#k`` with k the write index; except that a net input always keeps its Caffe name (the
+name users feed), so a layer rewriting an input writes ``input#k``.
 """
 
 from __future__ import annotations
@@ -56,9 +57,16 @@ class CaffeNet:
         return uses
 
     def default_outputs(self) -> list[str]:
-        """Blobs nothing consumes, in production order (Caffe's net outputs)."""
+        """Blobs nothing consumes, in production order (Caffe's net outputs). Where a Silence
+        consumes every one (colorization's deploy silences its result, which Caffe users read
+        by name), the blobs Silence consumes."""
         used = {b for layer in self.layers for b in layer.bottoms}
-        outs = [t for layer in self.layers for t in layer.tops if t not in used]
+        tops = [t for layer in self.layers for t in layer.tops]
+        outs = [t for t in tops if t not in used]
+        if not outs:
+            silenced = {b for layer in self.layers if layer.type == "Silence"
+                        for b in layer.bottoms}
+            outs = [t for t in tops if t in silenced]
         return outs or list(self.inputs)
 
     def caffe_name(self, ssa: str) -> str:
@@ -91,6 +99,26 @@ class CaffeNet:
             raise GraphError("an output is requested twice")
         return pairs
 
+    def batch_fixed_by(self) -> str | None:
+        """Why the net takes only its inputs' batch size, or None when any batch works: the
+        inputs share axis 0 and every layer keeps it the batch (LayerConverter.keeps_batch);
+        emitters then make the batch dynamic, else every shape is static."""
+        from senet.converter.layers import converter_for  # the registry imports this module
+        if not self.inputs:
+            return None
+        shapes = list(self.inputs.values())
+        if any(not s for s in shapes):
+            return "an input has no batch axis"
+        if len({s[0] for s in shapes}) > 1:
+            return "the inputs have different batch sizes"
+        batch = shapes[0][0]
+        for layer in self.layers:
+            if not converter_for(layer.type).keeps_batch(
+                    layer, [self.shapes[b] for b in layer.bottoms],
+                    [self.shapes[t] for t in layer.tops], batch):
+                return f"layer '{layer.name}' ({layer.type}) spans the batch axis"
+        return None
+
     def parameter_count(self) -> int:
         return int(sum(b.size for layer in self.layers for b in layer.blobs))
 
@@ -102,6 +130,7 @@ def assign_ssa_names(inputs: list[str], layers: list[tuple[pb.LayerParameter, li
     Raises GraphError for a bottom nothing produces before it is used.
     """
     writes: dict[str, int] = {}
+    input_names = set(inputs)
     for name in inputs:
         writes[name] = writes.get(name, 0) + 1
     for param, _ in layers:
@@ -114,7 +143,8 @@ def assign_ssa_names(inputs: list[str], layers: list[tuple[pb.LayerParameter, li
     def new_version(blob: str) -> str:
         k = seen.get(blob, 0)
         seen[blob] = k + 1
-        ssa = blob if k == writes[blob] - 1 else f"{blob}#{k}"
+        plain = k == 0 if blob in input_names else k == writes[blob] - 1
+        ssa = blob if plain else f"{blob}#{k}"
         current[blob] = ssa
         return ssa
 
@@ -127,6 +157,12 @@ def assign_ssa_names(inputs: list[str], layers: list[tuple[pb.LayerParameter, li
                 raise GraphError(f"bottom '{b}' (index {i}) is not produced by any earlier layer",
                                  layer=param.name)
             bottoms.append(current[b])
+        for i, t in enumerate(param.top):
+            # Caffe's Net::AppendTop: rewriting a blob is only in place at the same index
+            if t in current and not (i < len(param.bottom) and param.bottom[i] == t):
+                raise GraphError(f"top '{t}' is produced by multiple sources (Caffe writes a "
+                                 "blob again only in place, as top i = bottom i)",
+                                 layer=param.name)
         tops = [new_version(t) for t in param.top]
         out_layers.append(Layer(name=param.name, type=param.type, param=param,
                                 bottoms=bottoms, tops=tops, blobs=list(blobs)))

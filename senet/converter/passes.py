@@ -12,7 +12,10 @@ import numpy as np
 from senet.converter import caffe_pb2 as pb
 from senet.converter.caffe_reader import CaffeFile, RawLayer
 from senet.converter.graph import CaffeNet, Layer
-from senet.converter.semantics import batchnorm_affine, fold_affine_into_conv, prototxt_float
+from senet.converter.semantics import (
+    batchnorm_affine, batchnorm_uses_batch_statistics, canonical_axis, fold_affine_into_conv,
+    prototxt_float,
+)
 from senet.errors import CaffeFormatError, UsageError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
@@ -23,7 +26,7 @@ _DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "Dum
                "AnnotatedData", "VideoData", "DenseImageData", "ImageSegData"}
 _TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
                   "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss",
-                  "MultiBoxLoss", "Silence", "HDF5Output", "SegAccuracy", "MatWrite"}
+                  "MultiBoxLoss", "HDF5Output", "SegAccuracy", "MatWrite"}
 
 Shapes = tuple[int, ...] | dict[str, tuple[int, ...]] | None
 
@@ -99,7 +102,7 @@ def deploy_layers(cf: CaffeFile, input_shape: Shapes
             dropped.update(p.top)  # reads labels (a Slice of the label blob): not inference
         else:
             kept.append(raw)
-    if not inputs:
+    if not inputs and all(raw.param.bottom for raw in kept):  # a Parameter layer needs none
         raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
     read = {b for raw in kept for b in raw.param.bottom}
     for name in from_data - read:
@@ -259,8 +262,11 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
     for conv in net.layers:
         if conv.type != "Convolution" or len(conv.bottoms) != 1 or len(conv.tops) != 1:
             continue
+        if _channel_axis(net, conv) != 1:  # BatchNorm's channels are axis 1, not the conv's
+            continue
         bn = rewrite.sole_consumer(conv.tops[0])
-        if bn is None or bn.type != "BatchNorm":
+        if (bn is None or bn.type != "BatchNorm"
+                or batchnorm_uses_batch_statistics(bn.param)):  # no constant affine map
             continue
         channels = net.shapes[conv.tops[0]][1]
         chain = [bn]
@@ -286,6 +292,11 @@ def fold_batchnorm(net: CaffeNet, outputs: list[str] | None = None,
         for blob in [conv.tops[0]] + [layer.tops[0] for layer in chain[:-1]]:
             rewrite.forget(blob)
     return rewrite.result()
+
+
+def _channel_axis(net: CaffeNet, conv: Layer) -> int:
+    ndim = len(net.shapes[conv.bottoms[0]])
+    return canonical_axis(conv.param.convolution_param.axis, ndim, conv.name)
 
 
 def _is_channel_scale(net: CaffeNet, layer: Layer, channels: int) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from senet.converter import caffe_pb2 as pb
 from senet.errors import ShapeError
 
 Shape = tuple[int, ...]
@@ -109,6 +110,32 @@ def ave_pool_divisors(geom_h: PoolGeometry, geom_w: PoolGeometry) -> np.ndarray:
     return np.outer(axis(geom_h), axis(geom_w)).astype(np.float64)
 
 
+def empty_pool_windows(g: PoolGeometry) -> int:
+    """How many trailing windows start at or past the end of the input (ceil rounding without
+    padding: kernel 1, stride 2 on an even size). Caffe's MAX gives them -FLT_MAX (its
+    initial value) and AVE 0/0 = NaN (the clipped window counts no cell); ONNX and PyTorch
+    have no such window, so emitters pool the others and append these as constants."""
+    starts = np.arange(g.output) * g.stride - g.pad
+    return int(np.count_nonzero(starts >= g.input_extent))
+
+
+def without_empty_windows(g: PoolGeometry) -> PoolGeometry:
+    """`g` with its empty trailing windows (see empty_pool_windows) left out."""
+    return PoolGeometry(g.kernel, g.stride, g.pad, g.output - empty_pool_windows(g),
+                        g.input_extent)
+
+
+# ----------------------------------------------------------------------------- SPP
+
+def spp_level_window(size: int, level: int) -> tuple[int, int]:
+    """(kernel, pad) of Caffe's SPP pyramid level `level` along an axis of `size` (stride =
+    kernel): 2^level bins, kernel = ceil(size / bins), pad = half the shortfall
+    kernel·bins − size, rounded up. The level is then an ordinary Pooling with these."""
+    bins = 2 ** level
+    kernel = -(-size // bins)
+    return kernel, (kernel * bins - size + 1) // 2
+
+
 # ----------------------------------------------------------------------------- batch norm
 
 def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
@@ -118,6 +145,18 @@ def batchnorm_statistics(mean: np.ndarray, var: np.ndarray, factor: np.ndarray
     f = float(np.asarray(factor, dtype=np.float64).reshape(-1)[0]) if np.size(factor) else 1.0
     scale = 0.0 if f == 0 else 1.0 / f
     return (np.asarray(mean, np.float64) * scale, np.asarray(var, np.float64) * scale)
+
+
+def batchnorm_uses_batch_statistics(param) -> bool:
+    """BatchNorm normalises with the batch's own mean and biased variance (over every axis
+    but 1) instead of its stored statistics: Caffe's use_global_stats defaults to
+    (phase == TEST), so only an explicit `use_global_stats: false` does this in a deploy net.
+    Not in a layer stored by a TRAIN-phase net (a solver snapshot's own net records
+    `phase: TRAIN` on every layer): that false is its training setting, and the deploy net
+    senet extracts from it uses the statistics, as the net's TEST prototxt does."""
+    p = param.batch_norm_param
+    stored_for_training = param.HasField("phase") and param.phase == pb.TRAIN
+    return p.HasField("use_global_stats") and not p.use_global_stats and not stored_for_training
 
 
 def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -242,3 +281,288 @@ def slice_points(size: int, points: list[int], tops: int, layer: str) -> list[in
     if size % tops:
         raise ShapeError(f"axis of {size} does not split evenly into {tops} tops", layer=layer)
     return [size // tops] * tops
+
+
+# ----------------------------------------------------------------------------- recurrent
+# LSTM, RNN (BVLC's RecurrentLayer, which unrolls a net over the T timesteps) and LSTMUnit.
+
+# Caffe's 4H gate axis holds four blocks of H rows in this order (ONNX's LSTM uses i, o, f, c).
+LSTM_GATES = ("i", "f", "o", "g")
+
+
+@dataclass(frozen=True)
+class RecurrentDims:
+    """What a recurrent layer's bottoms fix: T timesteps of N streams, I inputs per step (x's
+    axes after (T, N) flattened), S static inputs per stream (None without x_static), H outputs,
+    and whether the initial states are bottoms (and the final ones tops)."""
+
+    steps: int
+    streams: int
+    inputs: int
+    static: int | None
+    hidden: int
+    exposed: bool
+
+
+def recurrent_dims(in_shapes: list[Shape], num_output: int, expose_hidden: bool, states: int,
+                   layer: str) -> RecurrentDims:
+    """Caffe's RecurrentLayer checks on bottoms x (T, N, ...), cont (T, N), [x_static (N, ...)],
+    [the `states` initial states, each (1, N, H), with expose_hidden]; ShapeError otherwise."""
+    if num_output <= 0:
+        raise ShapeError("recurrent_param.num_output must be positive", layer=layer)
+    exposed = states if expose_hidden else 0
+    if not 2 + exposed <= len(in_shapes) <= 3 + exposed:
+        raise ShapeError(f"takes {2 + exposed} or {3 + exposed} bottoms (x, cont, [x_static]"
+                         f"{', the initial states' if exposed else ''}), got {len(in_shapes)}",
+                         layer=layer)
+    x, cont = in_shapes[0], in_shapes[1]
+    if len(x) < 3:  # the input transform is an InnerProduct on axis 2
+        raise ShapeError(f"x must be (T, N, ...) with at least 3 axes, got {list(x)}",
+                         layer=layer)
+    steps, streams = x[0], x[1]
+    if tuple(cont) != (steps, streams):
+        raise ShapeError(f"cont must be (T, N) = {[steps, streams]}, got {list(cont)}",
+                         layer=layer)
+    static = None
+    if len(in_shapes) == 3 + exposed:
+        xs = in_shapes[2]
+        if len(xs) < 2 or xs[0] != streams:  # InnerProduct on axis 1 of (N, ...)
+            raise ShapeError(f"x_static must be (N, ...) with N = {streams} and at least 2 "
+                             f"axes, got {list(xs)}", layer=layer)
+        static = math.prod(xs[1:])
+    for shape in in_shapes[len(in_shapes) - exposed:]:
+        if tuple(shape) != (1, streams, num_output):
+            raise ShapeError(f"an initial state must be (1, N, H) = {[1, streams, num_output]}, "
+                             f"got {list(shape)}", layer=layer)
+    return RecurrentDims(steps, streams, math.prod(x[2:]), static, num_output,
+                         bool(expose_hidden))
+
+
+def recurrent_blob_shapes(dims: RecurrentDims, gates: int, output_layer: bool) -> list[Shape]:
+    """Learned blobs in Caffe's order (the unrolled net's parameters in layer order): W_x
+    (G·H, I), b (G·H,), [W_x_static (G·H, S)], W_h (G·H, H) for G `gates` blocks, then with an
+    `output_layer` (RNN) W_ho (H, H), b_o (H,)."""
+    rows = gates * dims.hidden
+    shapes = [(rows, dims.inputs), (rows,)]
+    if dims.static is not None:
+        shapes.append((rows, dims.static))
+    shapes.append((rows, dims.hidden))
+    if output_layer:
+        shapes += [(dims.hidden, dims.hidden), (dims.hidden,)]
+    return shapes
+
+
+def lstm_unit_hidden(in_shapes: list[Shape], layer: str) -> int:
+    """H of an LSTMUnit with bottoms c_prev (1, N, H), gates (1, N, 4H), cont (1, N), as Caffe's
+    LSTMUnitLayer::Reshape checks them; ShapeError otherwise."""
+    c_prev, gates, cont = in_shapes
+    ok = (len(c_prev) == 3 and len(gates) == 3 and len(cont) == 2
+          and c_prev[0] == gates[0] == cont[0] == 1 and c_prev[1] == gates[1] == cont[1]
+          and gates[2] == len(LSTM_GATES) * c_prev[2])
+    if not ok:
+        raise ShapeError(f"needs c_prev (1, N, H), gates (1, N, 4H), cont (1, N); got "
+                         f"{[list(s) for s in in_shapes]}", layer=layer)
+    return c_prev[2]
+
+
+# ----------------------------------------------------------------------------- reductions and
+# indexing (ArgMax, MVN, Reduction, Tile, Embed, Filter, BatchReindex)
+
+def argmax_output(in_shape: Shape, axis: int | None, top_k: int, out_max_val: bool,
+                  layer: str) -> tuple[int | None, Shape]:
+    """Caffe's ArgMax: (canonical axis or None, top shape). With an axis the top is the input
+    with `top_k` along it (indices, or only the values with out_max_val). Without one each
+    sample is searched over its flattened C·H·W and the top has max(ndim, 3) axes,
+    (N, 1, top_k, 1, …) of indices or (N, 2, top_k, 1, …) with the values in [:, 1]."""
+    if top_k < 1:
+        raise ShapeError("top_k must be at least 1", layer=layer)
+    if axis is not None:
+        a = canonical_axis(axis, len(in_shape), layer)
+        if top_k > in_shape[a]:
+            raise ShapeError(f"top_k {top_k} exceeds the {in_shape[a]} values along axis {a}",
+                             layer=layer)
+        return a, tuple(in_shape[:a]) + (top_k,) + tuple(in_shape[a + 1:])
+    if not in_shape:
+        raise ShapeError("ArgMax without axis needs an N×… input, got a 0-D blob", layer=layer)
+    per_sample = math.prod(in_shape[1:])
+    if top_k > per_sample:
+        raise ShapeError(f"top_k {top_k} exceeds the {per_sample} values of a sample",
+                         layer=layer)
+    out = [1] * max(len(in_shape), 3)
+    out[0], out[1], out[2] = in_shape[0], 2 if out_max_val else 1, top_k
+    return None, tuple(out)
+
+
+def legacy_4d_shape(in_shape: Shape, layer: str) -> Shape:
+    """(num, channels, height, width) as Caffe's legacy accessors read a blob of at most 4 axes:
+    missing trailing axes are 1. Layers that reshape their top this way (MVN) are always 4-D."""
+    if len(in_shape) > 4:
+        raise ShapeError(f"needs at most 4 axes (Caffe's legacy accessors), got {list(in_shape)}",
+                         layer=layer)
+    return tuple(in_shape) + (1,) * (4 - len(in_shape))
+
+
+def mvn_groups(in_shape: Shape, across_channels: bool, layer: str) -> Shape:
+    """The 4-D input viewed as (N, C, H·W), or (N, C·H·W) across channels: MVN normalises each
+    row over the last axis, y = (x − mean) / (sqrt(mean((x − mean)²)) + eps). BVLC's
+    mvn_layer.cpp adds eps to the standard deviation (after the root), not to the variance."""
+    n, c, h, w = legacy_4d_shape(in_shape, layer)
+    return (n, c * h * w) if across_channels else (n, c, h * w)
+
+
+def reduction_output(in_shape: Shape, axis: int, layer: str) -> tuple[int, Shape]:
+    """Caffe's Reduction reduces every axis from `axis` to the end: (canonical axis, top shape =
+    the dims before it; axis 0 gives a 0-D top)."""
+    a = canonical_axis(axis, len(in_shape), layer)
+    return a, tuple(in_shape[:a])
+
+
+def reduction_factor(operation: str, coeff: float, count: int) -> float:
+    """The factor Caffe multiplies a reduced SUM / ASUM / SUMSQ by: coeff, or coeff / count
+    (float32 division, as Caffe's Dtype) for MEAN."""
+    if operation == "MEAN":
+        return float(np.float32(coeff) / np.float32(count))
+    return float(np.float32(coeff))
+
+
+def tile_output(in_shape: Shape, axis: int, tiles: int, layer: str) -> tuple[int, Shape]:
+    """Caffe's Tile: the block of axes from `axis` on repeated `tiles` times (np.tile along the
+    axis, not np.repeat): (canonical axis, top shape)."""
+    a = canonical_axis(axis, len(in_shape), layer)
+    if tiles < 1:
+        raise ShapeError(f"tiles must be at least 1, got {tiles}", layer=layer)
+    out = list(in_shape)
+    out[a] *= tiles
+    return a, tuple(out)
+
+
+def filter_output(in_shapes: list[Shape], layer: str) -> list[Shape]:
+    """Caffe's Filter: the last bottom selects samples (shape (N, 1, …, 1)); each other bottom
+    keeps the samples whose selector is non-zero. The count depends on the data, so the static
+    shape is Caffe's setup shape: axis 0 is N, the most that can be selected."""
+    *data, selector = in_shapes
+    if not selector or any(d != 1 for d in selector[1:]):
+        raise ShapeError(f"the selector (last bottom) must be (N, 1, …, 1), got {list(selector)}",
+                         layer=layer)
+    for i, shape in enumerate(data):
+        if not shape or shape[0] != selector[0]:
+            raise ShapeError(f"bottom[{i}] {list(shape)} does not have the selector's "
+                             f"{selector[0]} samples", layer=layer)
+    return [tuple(shape) for shape in data]
+
+
+def batch_reindex_output(data: Shape, indices: Shape, layer: str) -> Shape:
+    """Caffe's BatchReindex: top[i] = data[int(indices[i])] along axis 0, for a 1-D index blob."""
+    if len(indices) != 1 or not data:
+        raise ShapeError(f"needs N×… data and a 1-D index blob, got {list(data)} and "
+                         f"{list(indices)}", layer=layer)
+    return (indices[0],) + tuple(data[1:])
+
+
+# ----------------------------------------------------------------------------- element-wise
+# Caffe computes the constants of Power, Exp and Log once, in float (its Dtype), when the layer
+# is set up; computing them in float32 here lets float32 emitters repeat its arithmetic.
+
+def power_constant(power: float, scale: float, shift: float) -> float | None:
+    """The value Caffe's Power writes whatever its input, when power·scale is 0 in float32:
+    1 for power 0, else shift^power (NaN for a negative shift and a fractional power, inf for
+    0^negative); None when the output depends on the input."""
+    power, scale, shift = np.float32(power), np.float32(scale), np.float32(shift)
+    if power * scale != 0:
+        return None
+    if power == 0:
+        return 1.0
+    with np.errstate(all="ignore"):
+        return float(np.power(shift, power))
+
+
+def _log_of_base(base: float, kind: str, layer: str) -> np.float32:
+    """ln(base) as Caffe's Exp/Log set it up: exactly 1 for base -1 (meaning e); any other
+    base must be positive with a finite logarithm."""
+    base = np.float32(base)
+    if base == -1:
+        return np.float32(1)
+    if not base > 0:
+        raise ShapeError(f"{kind} base must be -1 (meaning e) or positive, got {base}",
+                         layer=layer)
+    log_base = np.log(base)
+    if not np.isfinite(log_base):
+        raise ShapeError(f"{kind} base {base} has no finite logarithm", layer=layer)
+    return log_base
+
+
+def exp_factors(base: float, scale: float, shift: float, layer: str) -> tuple[float, float]:
+    """(inner, outer) with Caffe's Exp y = outer · exp(inner · x): inner = ln(base)·scale and
+    outer = base^shift (e^shift for base -1), each a float32 as Caffe computes it. Caffe does
+    not evaluate base^(shift + scale·x) itself, and its rounding follows this form."""
+    inner = _log_of_base(base, "Exp", layer) * np.float32(scale)
+    shift = np.float32(shift)
+    with np.errstate(all="ignore"):
+        if shift == 0:
+            outer = np.float32(1)
+        elif np.float32(base) == -1:
+            outer = np.exp(shift)
+        else:
+            outer = np.power(np.float32(base), shift)
+    return float(inner), float(outer)
+
+
+def log_base_scale(base: float, layer: str) -> float:
+    """1 / ln(base) in float32: Caffe's Log is y = that · ln(shift + scale·x) (1 for base -1).
+    Base 1 is refused as Caffe refuses it (1 / ln 1 is infinite)."""
+    log_base = _log_of_base(base, "Log", layer)
+    with np.errstate(divide="ignore"):
+        factor = np.float32(1) / log_base
+    if not np.isfinite(factor):
+        raise ShapeError(f"Log base {np.float32(base)} gives 1/ln(base) = {factor}", layer=layer)
+    return float(factor)
+
+
+# ----------------------------------------------------------------------------- spatial
+# (Deconvolution, Crop, Im2col: base_conv_layer.cpp, deconv_layer.cpp, crop_layer.cpp,
+# im2col_layer.cpp and util/im2col.cpp of BVLC Caffe)
+
+def deconv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
+    """Caffe's deconvolution output size: s(size-1) + d(k-1) + 1 - 2p (the inverse of the
+    convolution rule without its floor; Caffe has no output_padding)."""
+    extent = dilation * (kernel - 1) + 1
+    return stride * (size - 1) + extent - 2 * pad
+
+
+def crop_geometry(in_shape: Shape, ref_shape: Shape, axis: int, offsets: list[int],
+                  layer: str) -> tuple[Shape, Shape]:
+    """(offset of every axis, output shape) of Caffe's Crop: axes before `axis` (canonical,
+    so negative counts from the end) are kept whole; every axis from `axis` on takes the
+    reference's size, starting at the one offset given for all of them, or at its own offset
+    (exactly one per cropped axis), or 0. A crop running past the input is refused."""
+    ndim = len(in_shape)
+    start = canonical_axis(axis, ndim, layer)
+    if len(offsets) > 1 and start + len(offsets) != ndim:
+        raise ShapeError(f"{len(offsets)} crop offsets for the {ndim - start} axes from axis "
+                         f"{start} on (give one, or one per cropped axis)", layer=layer)
+    if len(ref_shape) < ndim:
+        raise ShapeError(f"the reference {list(ref_shape)} has fewer axes than the input "
+                         f"{list(in_shape)}", layer=layer)
+    offs, out = [], []
+    for i, size in enumerate(in_shape):
+        if i < start:
+            offs.append(0)
+            out.append(size)
+            continue
+        off = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+        if size - off < ref_shape[i]:
+            raise ShapeError(f"the crop of axis {i} runs past the input: size {ref_shape[i]} "
+                             f"at offset {off} of {size}", layer=layer)
+        offs.append(off)
+        out.append(ref_shape[i])
+    return tuple(offs), tuple(out)
+
+
+def im2col_one_hot(channels: int, kernel: tuple[int, ...]) -> np.ndarray:
+    """Weight of a convolution with `channels` groups that computes Caffe's im2col: output
+    channel c·K + j (K = prod(kernel), j the kernel offset in row-major order, the last
+    spatial axis fastest) is input channel c at offset j, times exactly 1."""
+    taps = math.prod(kernel)
+    weight = np.zeros((channels * taps, 1, taps), np.float32)
+    weight[np.arange(channels * taps), 0, np.tile(np.arange(taps), channels)] = 1.0
+    return weight.reshape((channels * taps, 1) + tuple(kernel))

@@ -17,9 +17,10 @@ from senet.errors import ModelFileError
 
 FORMAT = "senet.graph"
 VERSION = 1
-# LayerParameter fields the spec keeps elsewhere or that mean nothing to an inference graph.
-_STRUCTURAL = ("name", "type", "bottom", "top", "blobs", "phase", "include", "exclude",
-               "param", "loss_weight", "propagate_down")
+# LayerParameter fields the spec keeps elsewhere or that mean nothing to an inference graph
+# (the Caffe bottom/top names and the phase stay: in-place Eltwise and BatchNorm read them).
+_STRUCTURAL = ("name", "type", "blobs", "include", "exclude", "param", "loss_weight",
+               "propagate_down")
 
 
 def net_to_spec(net: CaffeNet, outputs: list[str] | None = None) -> dict:
@@ -72,8 +73,9 @@ def net_from_spec(spec: dict, where: str = "<spec>") -> tuple[CaffeNet, list[str
 def _layer_from_spec(entry: dict) -> Layer:
     param = json_format.ParseDict(entry["param"], pb.LayerParameter())
     param.name, param.type = entry["name"], entry["type"]
-    param.bottom.extend(entry["bottoms"])
-    param.top.extend(entry["tops"])
+    if not param.bottom and not param.top:  # a spec that did not keep the Caffe names
+        param.bottom.extend(entry["bottoms"])
+        param.top.extend(entry["tops"])
     blobs = [np.broadcast_to(np.float32(0), tuple(shape)) for shape in entry["blob_shapes"]]
     return Layer(name=entry["name"], type=entry["type"], param=param,
                  bottoms=list(entry["bottoms"]), tops=list(entry["tops"]), blobs=blobs,

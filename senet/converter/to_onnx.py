@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from senet.converter.graph import CaffeNet
 from senet.converter.layers import converter_for
 from senet.converter.protowire import len_field
-from senet.errors import UsageError
+from senet.errors import GraphError, UsageError
 from senet.files import atomic_output
 
 DEFAULT_OPSET = 17
@@ -28,8 +28,9 @@ IR_VERSION = 8  # what opset 17 needs; older runtimes load it
 class OnnxGraph:
     """What layer emitters see: node creation, constants, fresh names and blob shapes."""
 
-    def __init__(self, net: CaffeNet):
+    def __init__(self, net: CaffeNet, opset: int = DEFAULT_OPSET):
         self.net = net
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, np.ndarray] = {}
         self._taken = set(net.shapes) | set(net.final_names)
@@ -69,26 +70,45 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
     """ModelProto without initializer payloads, and the initializers to stream beside it."""
     if not MIN_OPSET <= opset <= 22:
         raise UsageError(f"opset {opset} is not supported (use {MIN_OPSET}..22)")
-    g = OnnxGraph(net)
+    g = OnnxGraph(net, opset)
     for layer in net.layers:
         g._layer = layer.name
         converter_for(layer.type).to_onnx(layer, g)
-    output_pairs = net.output_pairs(outputs)
-    graph_inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                                  ["batch", *shape[1:]])
-                    for name, shape in net.inputs.items()]
+    dynamic = net.batch_fixed_by() is None
+
+    def value_info(name, shape):
+        # a 0-D blob (Reduction over axis 0) has no batch axis
+        dims = ["batch", *shape[1:]] if dynamic and shape else list(shape)
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    graph_inputs = [value_info(name, shape) for name, shape in net.inputs.items()]
     graph_outputs, renames = [], []
-    for public, ssa in output_pairs:
-        if public != ssa:
-            renames.append(helper.make_node("Identity", [ssa], [public], name=f"output:{public}"))
-        shape = net.shapes[ssa]
-        graph_outputs.append(helper.make_tensor_value_info(public, TensorProto.FLOAT,
-                                                           ["batch", *shape[1:]]))
+    for public, ssa in net.output_pairs(outputs):
+        if ssa != public and not _aliases_input(g, ssa, public, set(net.inputs)):
+            renames.append(helper.make_node("Identity", [ssa], [public],
+                                            name=f"output:{public}"))
+        graph_outputs.append(value_info(public, net.shapes[ssa]))
     graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
                               graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="senet", ir_version=IR_VERSION)
     return model, g.initializers
+
+
+def _aliases_input(g: OnnxGraph, value: str, public: str, input_names: set[str]) -> bool:
+    """True when the output `public` can be the graph input of that name itself: `value`
+    is that input through Identity nodes only (e.g. Dropout in place on an input). An
+    output named like an input but computed from it is GraphError (ONNX names are unique)."""
+    if public not in input_names:
+        return False
+    sources = {node.output[0]: node.input[0] for node in g.nodes if node.op_type == "Identity"}
+    while value in sources:
+        value = sources[value]
+    if value != public:
+        raise GraphError(f"the output '{public}' is computed in place from the input "
+                         f"'{public}'; an ONNX graph cannot give both that name",
+                         hint="ask for another output (--outputs) or rename the blob")
+    return True
 
 
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:

@@ -25,11 +25,15 @@ GRAPH_KEY = "senet.graph"  # safetensors metadata entry holding the JSON graph s
 def export_program(net: CaffeNet, outputs: list[str] | None = None, fold: bool = True,
                    example_batch: int = 1) -> torch.export.ExportedProgram:
     """The converted module (see to_torch.to_torch) as a torch.export program whose batch
-    dimension is dynamic (any batch ≥ 1; every input shares it).
+    dimension is dynamic (any batch ≥ 1; every input shares it), or, for a net that fixes
+    its batch (CaffeNet.batch_fixed_by), one taking exactly the net's input shapes.
 
     torch.export treats a size-1 example dimension as a constant, so a batch of 1 is traced
     with 2 examples; the program is the same."""
     module = to_torch(net, outputs, fold=fold)
+    if net.batch_fixed_by() is not None:
+        examples = tuple(torch.zeros(tuple(shape)) for shape in net.inputs.values())
+        return torch.export.export(module, examples)
     batch = torch.export.Dim("batch", min=1)
     n = max(2, int(example_batch))
     examples = tuple(torch.zeros((n,) + tuple(shape[1:])) for shape in net.inputs.values())

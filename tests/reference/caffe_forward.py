@@ -17,13 +17,12 @@ import math
 from typing import Any, Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .prototxt_text import get, get_all
 
 __all__ = [
     "forward", "run_net", "net_layers", "layer_type", "is_active",
-    "param_shapes", "conv_output_size", "pooled_size", "FLT_MAX", "SUPPORTED_TYPES",
+    "param_shapes", "pooled_size", "FLT_MAX", "SUPPORTED_TYPES",
     "V1_TYPE_NAMES",
 ]
 
@@ -154,22 +153,6 @@ def _spatial(p: Message, key: str, h_key: str | None, w_key: str | None,
 # Parameter shapes (Caffe's canonical blob shapes per layer)
 # --------------------------------------------------------------------------- #
 
-def _conv_geometry(layer: Message) -> dict[str, Any]:
-    """Kernel, stride, pad, dilation, group, num_output, bias_term of a conv layer."""
-    p = _param(layer, "convolution_param")
-    if get(p, "axis", 1) != 1:
-        raise NotImplementedError(f"{_name(layer)}: convolution axis != 1")
-    return {
-        "kernel": _spatial(p, "kernel_size", "kernel_h", "kernel_w", None),
-        "stride": _spatial(p, "stride", "stride_h", "stride_w", 1),
-        "pad": _spatial(p, "pad", "pad_h", "pad_w", 0),
-        "dilation": _spatial(p, "dilation", None, None, 1),
-        "group": int(get(p, "group", 1)),
-        "num_output": int(get(p, "num_output")),
-        "bias_term": bool(get(p, "bias_term", True)),
-    }
-
-
 def _scale_like_shapes(layer: Message, bottoms: list[np.ndarray], key: str,
                        own_blob: bool, with_bias: bool) -> list[tuple[int, ...]]:
     """Blob shapes of Scale/Bias: a learned blob only when there is one bottom."""
@@ -185,13 +168,6 @@ def param_shapes(layer: Message, bottoms: list[np.ndarray]) -> list[tuple[int, .
     kind = layer_type(layer)
     if kind in _PARAM_SHAPES:
         return _PARAM_SHAPES[kind](layer, bottoms)
-    if kind == "Convolution":
-        g = _conv_geometry(layer)
-        channels = bottoms[0].shape[1]
-        if channels % g["group"] or g["num_output"] % g["group"]:
-            raise ValueError(f"{_name(layer)}: channels not divisible by group")
-        w = (g["num_output"], channels // g["group"]) + g["kernel"]
-        return [w, (g["num_output"],)] if g["bias_term"] else [w]
     if kind == "InnerProduct":
         p = _param(layer, "inner_product_param")
         x = bottoms[0]
@@ -237,52 +213,8 @@ def _cast_params(layer: Message, blobs: list[np.ndarray], shapes: list[tuple[int
 
 
 # --------------------------------------------------------------------------- #
-# Convolution and inner product
+# Inner product
 # --------------------------------------------------------------------------- #
-
-def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Caffe's convolution output length: (size + 2p - (d(k-1)+1)) / s + 1, integer division."""
-    extent = dilation * (kernel - 1) + 1
-    out = (size + 2 * pad - extent) // stride + 1
-    if out <= 0:
-        raise ValueError(f"convolution output size {out} <= 0 (input {size})")
-    return out
-
-
-def _im2col(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Strided view N x C x kh x kw x Ho x Wo of the padded input (no copy)."""
-    n, c = xp.shape[:2]
-    s0, s1, s2, s3 = xp.strides
-    shape = (n, c, kernel[0], kernel[1], out_hw[0], out_hw[1])
-    strides = (s0, s1, dilation[0] * s2, dilation[1] * s3, stride[0] * s2, stride[1] * s3)
-    return as_strided(xp, shape=shape, strides=strides, writeable=False)
-
-
-def _convolution(layer, bottoms, params):
-    g = _conv_geometry(layer)
-    x = bottoms[0]
-    if x.ndim != 4:
-        raise NotImplementedError(f"{_name(layer)}: only 4-D convolution is supported")
-    weight = params[0]
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g["kernel"], g["stride"], g["pad"], g["dilation"]
-    ho = conv_output_size(h, kh, sh, ph, dh)
-    wo = conv_output_size(w, kw, sw, pw, dw)
-    groups, out_c = g["group"], weight.shape[0]
-    if kh == kw == 1 and ph == pw == 0:
-        # 1x1: no patch matrix needed, only the strided subsample.
-        cols = x[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
-    else:
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        cols = _im2col(xp, (kh, kw), (sh, sw), (dh, dw), (ho, wo))
-    # (N, G, Cg*kh*kw, Ho*Wo) @ (G, Og, Cg*kh*kw): one GEMM per image and group.
-    cols = cols.reshape(n, groups, (c // groups) * kh * kw, ho * wo)
-    wmat = weight.reshape(groups, out_c // groups, -1)
-    y = np.matmul(wmat[None], cols).reshape(n, out_c, ho, wo)
-    if g["bias_term"]:
-        y += params[1].reshape(1, out_c, 1, 1)
-    return [y]
-
 
 def _inner_product(layer, bottoms, params):
     p = _param(layer, "inner_product_param")
@@ -471,7 +403,34 @@ def _pooling(layer, bottoms, params):
     method = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(get(p, "pool"), get(p, "pool", "MAX"))
     round_mode = get(p, "round_mode", "CEIL")
     with np.errstate(divide="ignore", invalid="ignore"):
-        return [_pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode)]
+        y = _pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode)
+    if len(get_all(layer, "top")) == 1:
+        return [y]
+    if method != "MAX":
+        raise ValueError(f"{_name(layer)}: only MAX pooling has a mask top")
+    return [y, _max_pool_mask(x, tuple(kernel), tuple(stride), tuple(pad), y.shape[2:])]
+
+
+def _max_pool_mask(x: np.ndarray, kernel, stride, pad, out_hw) -> np.ndarray:
+    """Caffe's argmax top: for each window clipped to the image, the index h*W + w of the
+    first cell in row-major order holding the maximum, if that maximum exceeds -FLT_MAX
+    (Caffe replaces its -FLT_MAX start only on '>'), else -1."""
+    h, w = x.shape[2:]
+    mask = np.full(x.shape[:2] + tuple(out_hw), -1, dtype=x.dtype)
+    for a in range(out_hw[0]):
+        for b in range(out_hw[1]):
+            h0, w0 = a * stride[0] - pad[0], b * stride[1] - pad[1]
+            rows = range(max(h0, 0), min(h0 + kernel[0], h))
+            cols = range(max(w0, 0), min(w0 + kernel[1], w))
+            if not rows or not cols:
+                continue
+            window = x[:, :, rows.start:rows.stop, cols.start:cols.stop]
+            flat = window.reshape(window.shape[:2] + (-1,))
+            first = np.argmax(flat, axis=2)  # first occurrence of the maximum
+            index = (rows.start + first // len(cols)) * w + cols.start + first % len(cols)
+            wins = np.take_along_axis(flat, first[..., None], axis=2)[..., 0] > -FLT_MAX
+            mask[:, :, a, b] = np.where(wins, index, -1)
+    return mask
 
 
 # --------------------------------------------------------------------------- #
@@ -509,7 +468,10 @@ def _power(layer, bottoms, params):
     x = bottoms[0]
     if power * scale == 0:
         # Caffe's special case: the input is ignored.
-        return [np.full_like(x, 1.0 if power == 0 else shift ** power)]
+        # C's pow: NaN for a negative shift and a fractional power (Python's ** goes complex).
+        with np.errstate(all="ignore"):
+            value = 1.0 if power == 0 else np.power(shift, power)
+        return [np.full_like(x, value)]
     y = x * scale if scale != 1 else x
     y = y + shift if shift != 0 else y
     return [np.power(y, power) if power != 1 else y.copy()]
@@ -538,12 +500,17 @@ def _eltwise(layer, bottoms, params):
     p = _param(layer, "eltwise_param")
     op = get(p, "operation", "SUM")
     op = {0: "PROD", 1: "SUM", 2: "MAX"}.get(op, op)
+    # In place (top == bottom[0]) Caffe initialises the top (SUM: 0, MAX: -FLT_MAX) before
+    # it reads bottom[0]; PROD writes only after reading bottoms 0 and 1.
+    in_place = get_all(layer, "top")[0] == get_all(layer, "bottom")[0]
     if op == "SUM":
         coeffs = [float(c) for c in get_all(p, "coeff")] or [1.0] * len(bottoms)
         if len(coeffs) != len(bottoms):
             raise ValueError(f"{_name(layer)}: {len(coeffs)} coeffs for {len(bottoms)} bottoms")
         y = np.zeros_like(bottoms[0])
-        for c, b in zip(coeffs, bottoms):
+        for i, (c, b) in enumerate(zip(coeffs, bottoms)):
+            if i == 0 and in_place:
+                continue  # the zeroed top is what Caffe reads as bottom[0]
             y += b if c == 1 else c * b
         return [y]
     if op == "PROD":
@@ -552,7 +519,7 @@ def _eltwise(layer, bottoms, params):
             y *= b
         return [y]
     if op == "MAX":
-        y = bottoms[0].copy()
+        y = np.full_like(bottoms[0], -FLT_MAX) if in_place else bottoms[0].copy()
         for b in bottoms[1:]:
             np.maximum(y, b, out=y)
         return [y]
@@ -633,7 +600,7 @@ def _axpy(layer, bottoms, params):
 
 
 _LAYERS: dict[str, Callable] = {
-    "Convolution": _convolution, "InnerProduct": _inner_product,
+    "InnerProduct": _inner_product,
     "BatchNorm": _batch_norm, "Scale": _scale, "Bias": _bias, "LRN": _lrn,
     "Pooling": _pooling, "ReLU": _relu, "PReLU": _prelu, "Sigmoid": _sigmoid,
     "TanH": _tanh, "Power": _power, "Dropout": _dropout, "Softmax": _softmax,
@@ -732,6 +699,13 @@ def forward(net: Message, weights: dict[str, list[np.ndarray]],
 # Layer families kept in their own modules (forward_<family>.py, each registering its
 # types with `register_layer` when imported here, one import line per family)
 # --------------------------------------------------------------------------- #
+from . import forward_activation  # noqa: E402,F401
+from . import forward_index  # noqa: E402,F401
+from . import forward_recurrent  # noqa: E402,F401
+from . import forward_reduce  # noqa: E402,F401
+from . import forward_spatial  # noqa: E402,F401
+
+from . import forward_spp  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}

@@ -35,6 +35,14 @@ class LayerConverter:
     def infer_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         return [in_shapes[0]] * len(layer.tops)
 
+    def keeps_batch(self, layer: Layer, in_shapes: list[Shape], out_shapes: list[Shape],
+                    batch: int) -> bool:
+        """Whether the layer gives Caffe's result for any batch size, axis 0 of its bottoms
+        and tops being the batch (see CaffeNet.batch_fixed_by). Default: every bottom and
+        top has axis 0 of size `batch`. A layer whose weights or axes span axis 0 says
+        False."""
+        return all(len(s) > 0 and s[0] == batch for s in (*in_shapes, *out_shapes))
+
     def to_onnx(self, layer: Layer, g) -> None:  # g: senet.converter.to_onnx.OnnxGraph
         raise NotImplementedError(f"{type(self).__name__} has no ONNX emitter")
 
@@ -58,10 +66,15 @@ def _range(lo: int, hi: int | None) -> str:
     return str(lo) if lo == hi else f"{lo} to {hi}"
 
 
-def register(*caffe_types: str):
-    """Class decorator registering a LayerConverter for Caffe layer type strings."""
+BVLC = "BVLC Caffe"
+
+
+def register(*caffe_types: str, origin: str = BVLC):
+    """Class decorator registering a LayerConverter for Caffe layer type strings; `origin`
+    names the Caffe (fork) whose C++ the converter reproduces (README's layer table shows it)."""
     def decorate(cls):
         instance = cls()
+        instance.origin = origin
         for t in caffe_types:
             if t in _REGISTRY:
                 raise RuntimeError(f"Caffe layer type '{t}' is registered twice")
@@ -70,11 +83,27 @@ def register(*caffe_types: str):
     return decorate
 
 
+def layer_table() -> str:
+    """README's table of supported layer types, made from the registry: type, where its
+    semantics come from, the family module, and which emitters it has."""
+    def has(converter, emitter):
+        return "yes" if getattr(type(converter), emitter) is not getattr(LayerConverter,
+                                                                            emitter) else "no"
+    lines = ["| Caffe type | semantics of | family | ONNX | torch |", "|---|---|---|---|---|"]
+    for caffe_type in sorted(_REGISTRY, key=str.lower):
+        converter = _REGISTRY[caffe_type]
+        family = type(converter).__module__.rsplit(".", 1)[-1]
+        lines.append(f"| {caffe_type} | {converter.origin} | {family} | "
+                     f"{has(converter, 'to_onnx')} | {has(converter, 'to_torch')} |")
+    return "\n".join(lines) + "\n"
+
+
 def converter_for(caffe_type: str) -> LayerConverter | None:
     return _REGISTRY.get(caffe_type)
 
 
 # Importing the families registers them.
 from senet.converter.layers import (  # noqa: E402,F401
-    activation, axpy, conv, dense, eltwise, norm, pool, structure,
+    activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
+    structure,
 )

@@ -11,7 +11,7 @@ from senet.converter.layers import LayerConverter, register
 from senet.errors import ShapeError
 
 
-@register("Axpy")
+@register("Axpy", origin="SENet (hujie-frank/SENet)")
 class Axpy(LayerConverter):
     min_bottoms = max_bottoms = 3
 

@@ -23,6 +23,11 @@ class InnerProduct(LayerConverter):
         axis, _ = inner_product_fan_in(in_shapes[0], p.axis, layer.name)
         return [tuple(in_shapes[0][:axis]) + (p.num_output,)]
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        axis, _ = inner_product_fan_in(in_shapes[0], layer.param.inner_product_param.axis,
+                                       layer.name)
+        return axis > 0 and super().keeps_batch(layer, in_shapes, out_shapes, batch)
+
     def to_onnx(self, layer, g):
         p = layer.param.inner_product_param
         x = layer.bottoms[0]

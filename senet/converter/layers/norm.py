@@ -6,15 +6,18 @@ import numpy as np
 
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    batchnorm_statistics, broadcast_shape_for, canonical_axis, scale_param_shape,
+    batchnorm_statistics, batchnorm_uses_batch_statistics, broadcast_shape_for, canonical_axis,
+    scale_param_shape,
 )
 from senet.errors import ShapeError
 
 
 @register("BatchNorm")
 class BatchNorm(LayerConverter):
-    """Inference BatchNorm with Caffe's stored (mean·f, var·f, f); no affine part (that is the
-    following Scale layer)."""
+    """Inference BatchNorm with Caffe's stored (mean·f, var·f, f), or, with an explicit
+    `use_global_stats: false`, the batch's own mean and biased variance over every axis but 1
+    (what Caffe computes then, even in TEST); no affine part (that is the following Scale
+    layer)."""
 
     def blob_shapes(self, layer, in_shapes):
         x = in_shapes[0]
@@ -22,7 +25,14 @@ class BatchNorm(LayerConverter):
             raise ShapeError(f"BatchNorm needs N×C… input, got {list(x)}", layer=layer.name)
         return [(x[1],), (x[1],), (1,)]
 
+    @staticmethod
+    def statistics_axes(ndim: int) -> list[int]:
+        return [0] + list(range(2, ndim))
+
     def to_onnx(self, layer, g):
+        if batchnorm_uses_batch_statistics(layer.param):
+            self._batch_statistics_to_onnx(layer, g)
+            return
         mean, var = batchnorm_statistics(*layer.blobs[:3])
         channels = mean.shape[0]
         eps = float(layer.param.batch_norm_param.eps)
@@ -32,12 +42,42 @@ class BatchNorm(LayerConverter):
                 g.const(mean, layer.name + "/mean"), g.const(var, layer.name + "/var")],
                layer.tops, epsilon=eps)
 
+    def _batch_statistics_to_onnx(self, layer, g):
+        x, name = layer.bottoms[0], layer.name
+        axes = self.statistics_axes(len(g.shape(x)))
+
+        def mean_of(value, hint):
+            out = g.tmp(f"{name}/{hint}")
+            if g.opset >= 18:  # ReduceMean's axes became an input in opset 18
+                g.node("ReduceMean", [value, g.ints(axes, name + "/axes")], [out], keepdims=1)
+            else:
+                g.node("ReduceMean", [value], [out], axes=axes, keepdims=1)
+            return out
+
+        centered, square, shifted, std = (g.tmp(f"{name}/{h}")
+                                          for h in ("centered", "square", "shifted", "std"))
+        g.node("Sub", [x, mean_of(x, "mean")], [centered])
+        g.node("Mul", [centered, centered], [square])
+        eps = g.const(np.array(layer.param.batch_norm_param.eps, np.float32), name + "/eps")
+        g.node("Add", [mean_of(square, "var"), eps], [shifted])
+        g.node("Sqrt", [shifted], [std])
+        g.node("Div", [centered, std], layer.tops)
+
     def to_torch(self, layer, ctx):
+        import torch
         from torch.nn import functional as F
+        x = ctx.value(layer.bottoms[0])
+        eps = ctx.scalar(layer.param.batch_norm_param.eps)
+        if batchnorm_uses_batch_statistics(layer.param):
+            axes = self.statistics_axes(len(ctx.shape(layer.bottoms[0])))
+            centered = ctx.op(torch.sub, x, ctx.op(torch.mean, x, axes, keepdim=True))
+            var = ctx.op(torch.mean, ctx.op(torch.mul, centered, centered), axes, keepdim=True)
+            ctx.emit(layer.tops[0], torch.div, centered,
+                     ctx.op(torch.sqrt, ctx.op(torch.add, var, eps)))
+            return
         mean, var = batchnorm_statistics(*layer.blobs[:3])
-        ctx.emit(layer.tops[0], F.batch_norm, ctx.value(layer.bottoms[0]),
-                 ctx.buffer("running_mean", mean), ctx.buffer("running_var", var),
-                 training=False, eps=ctx.scalar(layer.param.batch_norm_param.eps))
+        ctx.emit(layer.tops[0], F.batch_norm, x, ctx.buffer("running_mean", mean),
+                 ctx.buffer("running_var", var), training=False, eps=eps)
 
 
 class _Affine(LayerConverter):
@@ -65,6 +105,13 @@ class _Affine(LayerConverter):
     def infer_shapes(self, layer, in_shapes):
         self.operand_shape(layer, in_shapes)
         return [in_shapes[0]]
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        """A learned blob starting at axis 0 has one value per sample of this batch."""
+        axis, shape = self.operand_shape(layer, in_shapes)
+        learned_on_batch = axis == 0 and len(shape) > 0 and bool(
+            self.blob_shapes(layer, in_shapes))
+        return not learned_on_batch and super().keeps_batch(layer, in_shapes, out_shapes, batch)
 
     def emit(self, layer, g, x, operand_blob_or_name, out, axis, operand_shape, learned):
         ndim = len(g.shape(x))

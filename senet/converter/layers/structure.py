@@ -60,6 +60,10 @@ class Concat(LayerConverter):
         out[axis] = sum(s[axis] for s in in_shapes)
         return [tuple(out)]
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return (self.axis(layer, len(in_shapes[0])) != 0
+                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
+
     def to_onnx(self, layer, g):
         axis = self.axis(layer, len(g.shape(layer.bottoms[0])))
         g.node("Concat", layer.bottoms, layer.tops, axis=axis)
@@ -89,6 +93,10 @@ class Slice(LayerConverter):
             outs.append(tuple(s))
         return outs
 
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return ((self.geometry(layer, in_shapes[0])[0] != 0 or len(layer.tops) == 1)
+                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
+
     def to_onnx(self, layer, g):
         axis, sizes = self.geometry(layer, g.shape(layer.bottoms[0]))
         if len(sizes) == 1:
@@ -109,25 +117,31 @@ class Slice(LayerConverter):
             ctx.emit(top, operator.getitem, parts, i)
 
 
-def _keeps_batch(in_shape, out_shape, copied_first: bool) -> bool:
-    return copied_first and len(out_shape) > 0 and out_shape[0] == in_shape[0]
-
-
 @register("Reshape")
 class Reshape(LayerConverter):
     def output(self, layer, in_shape):
         p = layer.param.reshape_param
         return reshape_output(tuple(in_shape), list(p.shape.dim), p.axis, p.num_axes, layer.name)
 
+    @staticmethod
+    def copies_batch(layer, in_shape) -> bool:
+        """Axis 0 of the top is axis 0 of the bottom: kept before the reshaped span, or
+        copied by a leading 0 (an explicit size or a -1 there fixes the batch)."""
+        p = layer.param.reshape_param
+        start, _ = reshape_span(in_shape, p.axis, p.num_axes, layer.name)
+        return start > 0 or (len(p.shape.dim) > 0 and p.shape.dim[0] == 0)
+
     def infer_shapes(self, layer, in_shapes):
         return [self.output(layer, in_shapes[0])]
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return (self.copies_batch(layer, in_shapes[0])
+                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
 
     def to_onnx(self, layer, g):
         in_shape = g.shape(layer.bottoms[0])
         out = list(self.output(layer, in_shape))
-        p = layer.param.reshape_param
-        first_copied = p.axis != 0 or (len(p.shape.dim) > 0 and p.shape.dim[0] == 0)
-        if _keeps_batch(in_shape, out, first_copied):
+        if self.copies_batch(layer, in_shape):
             out[0] = 0  # ONNX 0 copies the input dim: the batch stays dynamic
         g.node("Reshape", [layer.bottoms[0], g.ints(out, layer.name + "/shape")], layer.tops)
 
@@ -176,7 +190,7 @@ class Flatten(LayerConverter):
                  canonical_axis(p.end_axis, ndim, layer.name))
 
 
-@register("Permute")
+@register("Permute", origin="SSD (weiliu89/caffe)")
 class Permute(LayerConverter):
     """SSD fork's Permute: axes reordered by permute_param.order (missing axes keep order)."""
 
@@ -190,6 +204,10 @@ class Permute(LayerConverter):
     def infer_shapes(self, layer, in_shapes):
         x = in_shapes[0]
         return [tuple(x[a] for a in self.order(layer, len(x)))]
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return (self.order(layer, len(in_shapes[0]))[0] == 0
+                and super().keeps_batch(layer, in_shapes, out_shapes, batch))
 
     def to_onnx(self, layer, g):
         order = self.order(layer, len(g.shape(layer.bottoms[0])))
