@@ -79,13 +79,16 @@ def deploy_layers(cf: CaffeFile, input_shape: Shapes
     from_data: set[str] = set()
     dropped: set[str] = set()
     kept = []
-    # A training snapshot holds only TRAIN-phase data layers: they still name the image input.
+    # A training snapshot holds only TRAIN-phase data layers: they still name the image input,
+    # unless the net declares its inputs (U-Net's input_dim beside a TRAIN-only HDF5Data).
     data_layers = [raw for raw in cf.layers if _is_data_layer(raw.param)]
     chosen = [raw for raw in data_layers if _phase_included(raw.param, level, stages)]
+    if not chosen and not inputs and not any(raw.param.type == "Input" for raw in cf.layers):
+        chosen = data_layers[:1]
     for raw in cf.layers:
         p = raw.param
         if _is_data_layer(p):
-            if raw in (chosen or data_layers[:1]) and p.top:
+            if raw in chosen and p.top:
                 data = _data_tops(p)
                 for top in data:
                     inputs[top] = _data_layer_shape(p, top)

@@ -292,3 +292,13 @@ def test_every_v1_enum_and_parameter_survives_the_upgrade():
         getattr(v1, field).SetInParent()
     upgraded = upgrade_v1_layer(v1, "t")
     assert sorted(f for f in shared if not upgraded.HasField(f)) == []
+
+
+def test_declared_inputs_beat_a_train_only_data_layer(tmp_path):
+    """U-Net (phseg_v5) declares `input: "data"` 1x1x444x892 beside an HDF5Data that only the
+    TRAIN net has: the TEST net's input is the declared one."""
+    text = ('input: "data" input_dim: 1 input_dim: 1 input_dim: 9 input_dim: 8\n'
+            'layers { top: "data" top: "label" name: "load" type: HDF5_DATA '
+            'include: { phase: TRAIN } }\n'
+            f'layers {{ name: "conv" type: CONVOLUTION bottom: "data" top: "conv" {CONV} }}\n')
+    assert load(tmp_path, text).inputs == {"data": (1, 1, 9, 8)}

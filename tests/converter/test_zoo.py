@@ -76,8 +76,18 @@ SMALL: dict[str, dict[str, tuple[int, ...]]] = {
     "bvlc_reference_caffenet": {'data': (1, 3, 57, 57)},
     "caffenet_full_conv": {'data': (1, 3, 226, 226)},
     "cifar10_full": {'data': (1, 3, 8, 8)},
+    "colorization_v2": {"data_l": (1, 1, 56, 56)},
     "cpm_flic": {'data': (1, 4, 184, 184)},
     "cpm_person_mpi": {'image': (1, 3, 94, 164)},
+    "fcn16s_voc": {"data": (1, 3, 125, 125)},
+    "fcn32s_nyud_color_hha": {"color": (1, 3, 106, 140), "hha": (1, 3, 106, 140)},
+    "fcn32s_voc_deploy_snps": {"data": (1, 3, 125, 125)},
+    "fcn8s_atonce_deploy_snps": {"data": (1, 3, 125, 125)},
+    "fcn_alexnet_voc": {"data": (1, 3, 125, 125)},
+    "hed_bsds": {"data": (1, 3, 125, 125)},
+    "lrcn_activity_lstm": {"data": (160, 3, 57, 57), "clip_markers": (160, 1, 1, 1)},
+    "rednet_denoiser_snps": {"data": (1, 3, 64, 64)},
+    "unet_phseg_v5": {"data": (1, 1, 222, 446)},
     "finetune_flickr_style": {'data': (1, 3, 57, 57)},
     "inception_v1_tf_soeaver": {'data': (1, 3, 56, 56)},
     "inception_v2_soeaver": {'data': (1, 3, 173, 173)},
@@ -122,14 +132,12 @@ GAPS: dict[str, str] = {
         "fields senet lacks: LayerParameter.dense_image_data_param, LayerParameter.bn_param, "
         "DropoutParameter.sample_weights_test, LayerParameter.upsample_param; skipping them: "
         "unsupported BN, Upsample",
-    "colorization_v2":
-        "unsupported Deconvolution",
     "dan_alignment_snps":
         "fields senet lacks: ConvolutionParameter.pad_l, ConvolutionParameter.pad_r, "
         "ConvolutionParameter.pad_t, ConvolutionParameter.pad_b, PoolingParameter.ceil_mode, "
         "PoolingParameter.pad_l, PoolingParameter.pad_r, PoolingParameter.pad_t, "
         "PoolingParameter.pad_b, LayerParameter.resize_nearest_neighbor_param; skipping them: "
-        "unsupported Parameter, Python eltwise.Eltwise, ResizeNearestNeighbor",
+        "unsupported Python eltwise.Eltwise, ResizeNearestNeighbor",
     "deeplab_v1_largefov":
         "line 400: '    num_output: ${NUM_LABELS}': Couldn't parse integer: $",
     "deeplab_v2_vgg16_aspp":
@@ -145,8 +153,7 @@ GAPS: dict[str, str] = {
         "fields senet lacks: PoolingParameter.ceil_mode; skipping them: reads",
     "enet_cityscapes_bn":
         "fields senet lacks: LayerParameter.bn_param, LayerParameter.upsample_param; skipping "
-        "them: unsupported BN, Python spatial_dropout.SpatialDropoutLayer, Deconvolution, "
-        "Upsample",
+        "them: unsupported BN, Python spatial_dropout.SpatialDropoutLayer, Upsample",
     "faceboxes":
         "fields senet lacks: LayerParameter.prior_box_param, "
         "LayerParameter.detection_output_param; skipping them: unsupported PriorBox, "
@@ -164,24 +171,8 @@ GAPS: dict[str, str] = {
     "faster_rcnn_zf_voc":
         "fields senet lacks: LayerParameter.roi_pooling_param, DropoutParameter.scale_train; "
         "skipping them: unsupported Python rpn.proposal_layer.ProposalLayer, ROIPooling",
-    "fcn16s_voc":
-        "unsupported Deconvolution, Crop",
-    "fcn32s_nyud_color_hha":
-        "unsupported Deconvolution, Crop",
-    "fcn32s_voc_deploy_snps":
-        "unsupported Deconvolution, Crop",
-    "fcn8s_atonce_deploy_snps":
-        "unsupported Deconvolution, Crop",
-    "fcn_alexnet_voc":
-        "unsupported Deconvolution, Crop",
-    "hed_bsds":
-        "unsupported Crop, Deconvolution",
     "icnet_cityscapes":
         "fields senet lacks: LayerParameter.interp_param; skipping them: unsupported Interp",
-    "lrcn_activity_lstm":
-        "unsupported LSTM",
-    "lstm_lm_coco":
-        "unsupported Embed, LSTM",
     "mobilenet_ssd":
         "fields senet lacks: LayerParameter.prior_box_param, "
         "LayerParameter.detection_output_param; skipping them: unsupported PriorBox, "
@@ -204,10 +195,8 @@ GAPS: dict[str, str] = {
         "fields senet lacks: LayerParameter.bn_param, LayerParameter.interp_param; skipping them:"
         " unsupported BN, Interp",
     "pvanet_frcnn":
-        "fields senet lacks: LayerParameter.roi_pooling_param; skipping them: unsupported "
-        "Deconvolution, Python rpn.proposal_layer.ProposalLayer, ROIPooling",
-    "rednet_denoiser_snps":
-        "unsupported Deconvolution",
+        "fields senet lacks: LayerParameter.roi_pooling_param; skipping them: unsupported Python "
+        "rpn.proposal_layer.ProposalLayer, ROIPooling",
     "resnext50_32x4d_soeaver":
         "fields senet lacks: PoolingParameter.ceil_mode; skipping them: reads",
     "segnet_basic_camvid":
@@ -228,10 +217,6 @@ GAPS: dict[str, str] = {
         "fields senet lacks: LayerParameter.norm_param, LayerParameter.prior_box_param, "
         "LayerParameter.detection_output_param; skipping them: unsupported Normalize, PriorBox, "
         "DetectionOutput",
-    "unet_phseg_v5":
-        "unsupported Deconvolution, Crop",
-    "vnet_3d":
-        "unsupported Deconvolution",
     "xception_dw_soeaver":
         "unsupported ConvolutionDepthwise",
     "yolov2_intel":

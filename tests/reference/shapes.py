@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .caffe_forward import (_conv_geometry, _run_layer, conv_output_size, is_active,
-                            layer_type, net_layers, param_shapes)
+from .caffe_forward import (V1_TYPE_NAMES, _run_layer, is_active, layer_type, net_layers,
+                            param_shapes)
+from .forward_spatial import _geometry, conv_output_size
 from .prototxt_text import get, get_all
 
 __all__ = ["deploy_net", "blob_shapes", "parameter_count", "DATA_TYPES"]
@@ -79,7 +80,7 @@ def deploy_net(net: Message, input_shapes: dict[str, tuple[int, ...]]) -> Messag
         elif _is_training_only(layer) or any(b in dropped for b in get_all(layer, "bottom")):
             dropped.update(tops)
         else:
-            kept.append(layer)
+            kept.append(_fork_v1_type(layer) if get_all(net, "layers") else layer)
     read = {b for layer in kept for b in get_all(layer, "bottom")}
     # A data top only losses read (HDF5's "target_sentence") is no input of inference.
     inputs = [n for n in inputs if n in read or n not in from_data] or inputs
@@ -88,6 +89,15 @@ def deploy_net(net: Message, input_shapes: dict[str, tuple[int, ...]]) -> Messag
             "input_param": [{"shape": [{"dim": list(s)} for s in shapes.values()]}]}
     key = "layers" if get_all(net, "layers") else "layer"
     return {"name": get_all(net, "name"), key: [feed] + kept}
+
+
+def _fork_v1_type(layer: Message) -> Message:
+    """A V1 layer whose enum type only a fork has (Synopsys' CROP) under the type string the
+    fork's V1 upgrade gives it: the words capitalised and joined (CROP -> Crop)."""
+    raw = get(layer, "type", "")
+    if not isinstance(raw, str) or raw != raw.upper() or raw in V1_TYPE_NAMES:
+        return layer
+    return {**layer, "type": ["".join(w.capitalize() for w in raw.split("_"))]}
 
 
 def _sub(layer: Message, key: str) -> Message:
@@ -122,8 +132,9 @@ def blob_shapes(deploy: Message) -> dict[str, tuple[int, ...]]:
     for layer in net_layers(deploy):
         tops = get_all(layer, "top")
         in_shapes = [shapes[b] for b in get_all(layer, "bottom")]
-        out = _sized(layer, in_shapes) if layer_type(layer) in _SIZE_RULES else None
-        if out is None:
+        if layer_type(layer) in _SIZE_RULES:  # too heavy to run on zeros at full size
+            out = _SIZE_RULES[layer_type(layer)](layer, in_shapes)
+        else:
             arrays = _run_layer(layer, blobs, {n: np.zeros(s, np.float32)
                                                for n, s in inputs.items()},
                                 _zero_blobs, np.float32)
@@ -150,15 +161,17 @@ def _zero_blobs(layer, bottoms, expected):
 
 
 def _conv_sizes(layer: Message, in_shapes, transposed: bool):
-    n, _, h, w = in_shapes[0]
-    g = _conv_geometry(layer)
+    """Convolution / Deconvolution tops: batch axes kept, num_output channels, and each
+    spatial axis by Caffe's size rule (for deconvolution the rule run backwards)."""
+    shape = in_shapes[0]
+    g = _geometry(layer, shape)
     sizes = []
-    for size, k, s, p, d in zip((h, w), g["kernel"], g["stride"], g["pad"], g["dilation"]):
-        if transposed:  # Caffe's deconvolution: the convolution size rule run backwards
-            sizes.append(s * (size - 1) + d * (k - 1) + 1 - 2 * p)
-        else:
-            sizes.append(conv_output_size(size, k, s, p, d))
-    return [(n, g["num_output"], *sizes)] * len(get_all(layer, "bottom"))
+    for size, k, s, p, d in zip(shape[g["axis"] + 1:], g["kernel"], g["stride"], g["pad"],
+                                g["dilation"]):
+        sizes.append(s * (size - 1) + d * (k - 1) + 1 - 2 * p if transposed
+                     else conv_output_size(size, k, s, p, d))
+    top = tuple(shape[:g["axis"]]) + (g["num_output"],) + tuple(sizes)
+    return [top] * len(in_shapes)
 
 
 def _inner_product_size(layer: Message, in_shapes):
@@ -166,14 +179,6 @@ def _inner_product_size(layer: Message, in_shapes):
     shape = in_shapes[0]
     axis = int(get(p, "axis", 1)) % len(shape)
     return [tuple(shape[:axis]) + (int(get(p, "num_output")),)]
-
-
-def _sized(layer: Message, in_shapes):
-    """Top shapes by a size rule, or None where the rule does not cover the layer (then it
-    is run on zeros)."""
-    if any(len(s) != 4 for s in in_shapes) and layer_type(layer) != "InnerProduct":
-        return None
-    return _SIZE_RULES[layer_type(layer)](layer, in_shapes)
 
 
 _SIZE_RULES = {
