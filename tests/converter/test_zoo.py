@@ -68,6 +68,7 @@ UNDECLARED = {
 
 # The exactness test's inputs: batch 1, the image sides scaled by the smallest of 1/4, 3/8,
 # ... 7/8, 1 at which the net still shapes (fixed pooling kernels and fc sizes decide).
+# The FCNs pad their first convolution by 100, so 32x32 inputs still cover every crop.
 # OpenPose's placeholder sizes (1x1, 16x16) are replaced by a real one. A net not listed
 # runs at batch 1 and its declared size.
 SMALL: dict[str, dict[str, tuple[int, ...]]] = {
@@ -79,13 +80,12 @@ SMALL: dict[str, dict[str, tuple[int, ...]]] = {
     "colorization_v2": {"data_l": (1, 1, 56, 56)},
     "cpm_flic": {'data': (1, 4, 184, 184)},
     "cpm_person_mpi": {'image': (1, 3, 94, 164)},
-    "fcn16s_voc": {"data": (1, 3, 125, 125)},
-    "fcn32s_nyud_color_hha": {"color": (1, 3, 106, 140), "hha": (1, 3, 106, 140)},
-    "fcn32s_voc_deploy_snps": {"data": (1, 3, 125, 125)},
-    "fcn8s_atonce_deploy_snps": {"data": (1, 3, 125, 125)},
-    "fcn_alexnet_voc": {"data": (1, 3, 125, 125)},
+    "fcn16s_voc": {"data": (1, 3, 32, 32)},
+    "fcn32s_nyud_color_hha": {"color": (1, 3, 32, 40), "hha": (1, 3, 32, 40)},
+    "fcn32s_voc_deploy_snps": {"data": (1, 3, 32, 32)},
+    "fcn8s_atonce_deploy_snps": {"data": (1, 3, 32, 32)},
+    "fcn_alexnet_voc": {"data": (1, 3, 32, 32)},
     "hed_bsds": {"data": (1, 3, 125, 125)},
-    "lrcn_activity_lstm": {"data": (160, 3, 57, 57), "clip_markers": (160, 1, 1, 1)},
     "rednet_denoiser_snps": {"data": (1, 3, 64, 64)},
     "unet_phseg_v5": {"data": (1, 1, 222, 446)},
     "finetune_flickr_style": {'data': (1, 3, 57, 57)},
@@ -228,7 +228,12 @@ GAPS: dict[str, str] = {
         "fields senet lacks: LayerParameter.upsample_param; skipping them: unsupported Upsample",
 }
 # Nets senet reads (--inspect works) but whose exactness test cannot pass yet.
-VALUE_GAPS: dict[str, str] = {}
+VALUE_GAPS: dict[str, str] = {
+    "lrcn_activity_lstm": "its Reshape fixes the batch at 160 (16 steps x 10 streams), and "
+                          "make_weights draws its statistics from a batch of 2",
+    "lstm_lm_coco": "its inputs are word indices and sequence markers, and make_weights feeds "
+                    "image-like values (Embed: index out of range)",
+}
 
 
 def prototxt_of(net: str):
@@ -342,11 +347,20 @@ def _run_torch(net, outputs, x) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in zip(outputs, values)}
 
 
-def _params(value_gaps: dict[str, str]):
+# Nets whose exactness test is not even run: it would exhaust the machine.
+NOT_RUN = {
+    "vnet_3d": "its Reshape fixes the input at 1x1x128x128x64, where the reference's 3-D "
+               "convolution would materialise a 62 GiB patch array",
+}
+
+
+def _params(value_gaps: dict[str, str], not_run: dict[str, str]):
     """One param per net; a gap is a strict xfail, a GAPS one failing with senet's error."""
     params = []
     for net in NETS:
-        if net in GAPS:
+        if net in not_run:
+            mark = pytest.mark.xfail(reason=not_run[net], run=False)
+        elif net in GAPS:
             mark = pytest.mark.xfail(reason=GAPS[net], strict=True, raises=SenetError)
         elif net in value_gaps:
             mark = pytest.mark.xfail(reason=value_gaps[net], strict=True)
@@ -356,12 +370,12 @@ def _params(value_gaps: dict[str, str]):
     return params
 
 
-@pytest.mark.parametrize("net", _params({}))
+@pytest.mark.parametrize("net", _params({}, {}))
 def test_inspect(net):
     check_inspect(net)
 
 
-@pytest.mark.parametrize("net", _params(VALUE_GAPS))
+@pytest.mark.parametrize("net", _params(VALUE_GAPS, NOT_RUN))
 def test_converts_exactly(tmp_path, net):
     check_exact(tmp_path, net)
 
