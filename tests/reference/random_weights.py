@@ -148,7 +148,8 @@ _GENERATORS = {
 
 
 def make_weights(net: Message, input_shapes: dict[str, tuple[int, ...]],
-                 seed: int) -> dict[str, list[np.ndarray]]:
+                 seed: int, inputs: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, list[np.ndarray]]:
     """Seeded float32 weights for every parametric layer of ``net``, in Caffe's blob order.
 
     Generated during a float64 reference forward of ``make_input`` images
@@ -157,14 +158,16 @@ def make_weights(net: Message, input_shapes: dict[str, tuple[int, ...]],
     mean/var times a factor f in [0.5, 2] plus f itself; Scale gamma U(0.5, 1.5),
     beta N(0, 0.1); Bias N(0, 0.1); PReLU slopes U(0.05, 0.3); inner products
     N(0, 1/sqrt(K)) rescaled so their outputs have std ``LOGIT_STD``.
-    Deterministic for a given net, shapes and seed.
+    Deterministic for a given net, shapes and seed. `inputs` replaces those images (for a
+    net whose batch is fixed, or whose inputs are indices or sequence markers).
     """
     seeds = np.random.SeedSequence(seed).spawn(len(input_shapes) + 1)
     rng = np.random.default_rng(seeds[0])
-    inputs = {
-        name: make_input((INIT_BATCH,) + tuple(shape[1:]), int(s.generate_state(1)[0]))
-        for (name, shape), s in zip(sorted(input_shapes.items()), seeds[1:])
-    }
+    if inputs is None:
+        inputs = {
+            name: make_input((INIT_BATCH,) + tuple(shape[1:]), int(s.generate_state(1)[0]))
+            for (name, shape), s in zip(sorted(input_shapes.items()), seeds[1:])
+        }
     weights: dict[str, list[np.ndarray]] = {}
 
     def generate(layer, bottoms, shapes):
