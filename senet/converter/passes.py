@@ -150,7 +150,9 @@ def _shaped_inputs(inputs: dict[str, tuple[int, ...] | None], given: Shapes):
                              f"'{name}' has {len(declared)} ({','.join(map(str, declared))})")
         if shape is None and declared is None:
             defaulted.append(name)
-        shaped[name] = tuple(shape or declared or DEFAULT_INPUT_SHAPE)
+        # () is a declared shape: a 0-D input (a scalar second bottom of Scale/Bias)
+        shaped[name] = tuple(next(s for s in (shape, declared, DEFAULT_INPUT_SHAPE)
+                                  if s is not None))
     return shaped, defaulted
 
 
