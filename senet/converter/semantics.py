@@ -589,10 +589,8 @@ def im2col_one_hot(channels: int, kernel: tuple[int, ...]) -> np.ndarray:
 # Dropout scale_train (caffe-fast-rcnn dropout_layer.cpp).
 
 def _is_set(param, name: str) -> bool:
-    field = param.DESCRIPTOR.fields_by_name[name]
-    if field.label == field.LABEL_REPEATED:
-        return len(getattr(param, name)) > 0
-    return param.HasField(name)
+    value = getattr(param, name)
+    return len(value) > 0 if hasattr(value, "__len__") else param.HasField(name)
 
 
 def asymmetric_pads(param, layer: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
