@@ -389,3 +389,14 @@ def test_fork_field_misuse_is_one_error_naming_the_layer(tmp_path, case):
     with pytest.raises(ShapeError, match=fragment) as error:
         load_net(None, str(proto), weights_optional=True)
     assert error.value.layer == "d"
+
+
+@pytest.mark.parametrize("slope", ["", "negative_slope: 0.1"])
+def test_relu6_caps_at_six(tmp_path, slope):
+    """Synopsys' relu_param { relu6: true }: min(ReLU(x), 6); ignoring it leaves values
+    above 6 (the input has some: it is scaled by 10 first)."""
+    shapes = {"x": (2, 3, 4, 4)}
+    body = f'''layer {{ name: "s" type: "Power" bottom: "x" top: "s" power_param {{ scale: 10 }} }}
+layer {{ name: "y" type: "ReLU" bottom: "s" top: "y" relu_param {{ relu6: true {slope} }} }}'''
+    ref = _both_emitters(tmp_path, shapes, body, ["y"])
+    assert ref["y"].max() == 6.0

@@ -465,9 +465,12 @@ def _max_pool_mask(x: np.ndarray, kernel, stride, pad, out_hw) -> np.ndarray:
 
 def _relu(layer, bottoms, params):
     x = bottoms[0]
-    slope = float(get(_param(layer, "relu_param"), "negative_slope", 0.0))
+    p = _param(layer, "relu_param")
+    slope = float(get(p, "negative_slope", 0.0))
     y = np.maximum(x, 0)
-    return [y + slope * np.minimum(x, 0) if slope else y]
+    y = y + slope * np.minimum(x, 0) if slope else y
+    # the Synopsys fork's relu6 caps the (leaky) ReLU at 6
+    return [np.minimum(y, 6) if get(p, "relu6", False) in (True, "true") else y]
 
 
 def _prelu(layer, bottoms, params):

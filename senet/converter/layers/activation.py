@@ -17,21 +17,31 @@ from senet.errors import ShapeError
 
 @register("ReLU")
 class ReLU(LayerConverter):
+    """max(x, 0) + negative_slope·min(x, 0); the Synopsys fork's relu6: true then caps it at 6
+    (relu_layer.cpp of synopsys-caffe)."""
+
     def to_onnx(self, layer, g):
         slope = layer.param.relu_param.negative_slope
+        capped = layer.param.relu_param.relu6
+        out = g.tmp(layer.tops[0] + "/relu") if capped else layer.tops[0]
         if slope:
-            g.node("LeakyRelu", layer.bottoms, layer.tops, alpha=float(slope))
+            g.node("LeakyRelu", layer.bottoms, [out], alpha=float(slope))
         else:
-            g.node("Relu", layer.bottoms, layer.tops)
+            g.node("Relu", layer.bottoms, [out])
+        if capped:
+            g.node("Min", [out, g.const(np.array(6.0, np.float32), layer.name + "/six")],
+                   layer.tops)
 
     def to_torch(self, layer, ctx):
+        import torch
         from torch.nn import functional as F
         slope = layer.param.relu_param.negative_slope
+        capped = layer.param.relu_param.relu6
         x = ctx.value(layer.bottoms[0])
-        if slope:
-            ctx.emit(layer.tops[0], F.leaky_relu, x, ctx.scalar(slope))
-        else:
-            ctx.emit(layer.tops[0], F.relu, x)
+        make = ctx.op if capped else (lambda *args: ctx.emit(layer.tops[0], *args))
+        y = make(F.leaky_relu, x, ctx.scalar(slope)) if slope else make(F.relu, x)
+        if capped:
+            ctx.emit(layer.tops[0], torch.clamp, y, None, 6.0)
 
 
 @register("PReLU")
