@@ -47,9 +47,10 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
         return _upgrade_v0(v1, where)
     out = pb.LayerParameter(name=v1.name)
     type_name = pb.V1LayerParameter.LayerType.Name(v1.type) if v1.type else "NONE"
-    if type_name == "NONE":
+    if type_name == "NONE" and _fork_type_number(v1) is None:
         raise CaffeFormatError("V1 layer without a type", where=where, layer=v1.name or None)
-    out.type = _V1_TYPE_NAMES.get(type_name, type_name)
+    out.type = (_fork_number_type(_fork_type_number(v1)) if type_name == "NONE"
+                else _V1_TYPE_NAMES.get(type_name, type_name))
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
@@ -59,6 +60,33 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
         if v1.HasField(name):
             getattr(out, name).CopyFrom(getattr(v1, name))
     return out
+
+
+# V1 type numbers BVLC lacks, which forks gave to different layers: a binary file alone does
+# not say which (a text file names the type, and a prototxt given beside the caffemodel
+# decides; the layer's blobs are still read by name).
+_FORK_V1_NUMBERS = {
+    40: "DeepLab-Context SEG_ACCURACY, PSPNet IMAGE_SEG_DATA or FCN-era CROP",
+    41: "DeepLab-Context INTERP or PSPNet HOLE_CONVOLUTION",
+    42: "DeepLab-Context PADDING or PSPNet INTERP",
+    43: "DeepLab-Context MAT_WRITE, PSPNet SEG_ACCURACY or SegNet BN",
+    44: "DeepLab-Context MAT_READ", 45: "DeepLab-Context DENSE_CRF",
+    46: "DeepLab-Context DOMINANT_CHANNEL", 47: "DeepLab-Context BIAS_CHANNEL",
+}
+
+
+def _fork_type_number(v1: pb.V1LayerParameter) -> int | None:
+    """The V1 type number a binary file stores when BVLC's enum lacks it (protobuf keeps it
+    as an unknown field)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+    numbers = [f.data for f in UnknownFieldSet(v1) if f.field_number == 5 and f.wire_type == 0]
+    return numbers[-1] if numbers else None
+
+
+def _fork_number_type(number: int) -> str:
+    """A type string that no converter has, saying which forks' layer the number may be."""
+    forks = _FORK_V1_NUMBERS.get(number, "a Caffe fork's")
+    return f"V1 type {number} ({forks}; give the fork's prototxt)"
 
 
 def _upgrade_v0(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:

@@ -400,3 +400,17 @@ def test_relu6_caps_at_six(tmp_path, slope):
 layer {{ name: "y" type: "ReLU" bottom: "s" top: "y" relu_param {{ relu6: true {slope} }} }}'''
     ref = _both_emitters(tmp_path, shapes, body, ["y"])
     assert ref["y"].max() == 6.0
+
+
+def test_binary_v1_layer_with_a_fork_type_number_keeps_its_blobs(tmp_path):
+    """DeepLab-Context's V1 INTERP is type 41, PSPNet's 42 (41 is its HOLE_CONVOLUTION): the
+    number alone does not say the layer, so the stored net names it as unknown while a
+    prototxt beside the file still gets the layer's blobs."""
+    blob = pb.BlobProto(shape=pb.BlobShape(dim=[2]), data=[1.0, 2.0])
+    layer = (_field(4, 2, b"fc8_interp") + _field(5, 0, _varint(41))
+             + _field(6, 2, blob.SerializeToString()))
+    stored = parse_caffemodel_bytes(_field(2, 2, layer))
+    raw = stored.layers[0]
+    assert raw.param.name == "fc8_interp"
+    assert "41" in raw.param.type and "DeepLab-Context INTERP" in raw.param.type
+    np.testing.assert_array_equal(raw.blobs[0], [1.0, 2.0])
