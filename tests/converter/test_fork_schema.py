@@ -414,3 +414,20 @@ def test_binary_v1_layer_with_a_fork_type_number_keeps_its_blobs(tmp_path):
     assert raw.param.name == "fc8_interp"
     assert "41" in raw.param.type and "DeepLab-Context INTERP" in raw.param.type
     np.testing.assert_array_equal(raw.blobs[0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("case", ["ave_exc_pad", "conv"])
+def test_safetensors_round_trip(tmp_path, case):
+    """The AVE_EXC_PAD divisors and the explicit asymmetric padding survive the graph spec."""
+    torch = pytest.importorskip("torch")
+    shapes, body = ASYMMETRIC[case]
+    text = net_text(shapes, body)
+    weights = make_weights(parse_prototxt(text), shapes, 0)
+    proto, model = write_net(tmp_path, text, weights)
+    x = make_input(shapes["x"], 1)
+    module = senet.load(senet.convert(model, "safetensors", tmp_path / "m.safetensors",
+                                      prototxt=proto))
+    with torch.no_grad():
+        value = module(torch.from_numpy(x.astype(np.float32))).numpy()
+    ref = reference(text, weights, {"x": x})["y"]
+    np.testing.assert_allclose(value, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
