@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from senet.converter import caffe_pb2 as pb
-from senet.converter.protowire import I32, I64, LEN, VARINT
+from senet.converter.protowire import I32, I64, LEN, VARINT, field_key, len_field
 from senet.errors import CaffeFormatError
 
 
@@ -339,7 +339,7 @@ def _read_layer(buf, start, end, path, index) -> RawLayer:
 def _read_v1_layer(buf, start, end, path, index, formats) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
     kept, spans, nested = _split_message(buf, start, end, V1_BLOBS, where)
-    v1 = _parse_params(pb.V1LayerParameter, kept, where)
+    v1 = _parse_params(pb.V1LayerParameter, _deeplab_holes(kept, where), where)
     if nested is not None and v1.HasField("layer"):
         formats.add("V0")
         _, v0_spans, _ = _split_message(buf, nested[0], nested[1], V0_BLOBS, where)
@@ -417,6 +417,32 @@ def _read_reused_numbers(param: pb.LayerParameter, kept: bytes, where: str
             raise CaffeFormatError(f"{name} (field {number}) does not parse ({exc})",
                                    where=where) from None
     return out
+
+
+# DeepLab v1 numbers hole/hole_h/hole_w 17/18/19 in ConvolutionParameter. BVLC gave 17 and 18
+# to force_nd_im2col and dilation only in late 2015, after its last V1-format Caffe, so in a V1
+# layer these numbers are DeepLab's (senet's schema has hole at 1017..1019).
+_V1_CONVOLUTION, _DEEPLAB_HOLES = 10, {17: 1017, 18: 1018, 19: 1019}
+
+
+def _deeplab_holes(v1_layer: bytes, where: str) -> bytes:
+    """A V1 layer's bytes with DeepLab's hole fields of its convolution_param renumbered to
+    senet's."""
+    out, pos = bytearray(), 0
+    for number, wire, vs, ve, _ in _fields(v1_layer, 0, len(v1_layer), where):
+        if number != _V1_CONVOLUTION or wire != LEN:
+            out += v1_layer[pos:ve]
+        else:
+            conv, inner = bytearray(), vs
+            for n, w, s, e, _ in _fields(v1_layer, vs, ve, where):
+                if n in _DEEPLAB_HOLES and w == VARINT:  # s: where the value starts
+                    conv += field_key(_DEEPLAB_HOLES[n], VARINT) + v1_layer[s:e]
+                else:
+                    conv += v1_layer[inner:e]
+                inner = e
+            out += len_field(number, len(conv)) + conv
+        pos = ve
+    return bytes(out)
 
 
 def _unknown_fields(message) -> list[str]:

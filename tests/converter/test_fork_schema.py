@@ -431,3 +431,14 @@ def test_safetensors_round_trip(tmp_path, case):
         value = module(torch.from_numpy(x.astype(np.float32))).numpy()
     ref = reference(text, weights, {"x": x})["y"]
     np.testing.assert_allclose(value, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_deeplab_v1_binary_hole_is_read_as_hole_not_bvlcs_force_nd_im2col():
+    """DeepLab v1 writes hole at 17 (BVLC's later force_nd_im2col): read as BVLC's, the
+    dilated convolution would become an undilated one. In a V1 layer, 17/18/19 are DeepLab's."""
+    conv = (_field(1, 0, _varint(4)) + _field(4, 0, _varint(3)) + _field(17, 0, _varint(12))
+            + _field(18, 0, _varint(2)) + _field(19, 0, _varint(3)))
+    layer = _field(4, 2, b"fc6") + _field(5, 0, _varint(4)) + _field(10, 2, conv)
+    param = parse_caffemodel_bytes(_field(2, 2, layer)).layers[0].param.convolution_param
+    assert (param.hole, param.hole_h, param.hole_w) == (12, 2, 3)
+    assert not param.force_nd_im2col and list(param.dilation) == []
