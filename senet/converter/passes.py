@@ -323,7 +323,8 @@ def fuse_axpy_relu(net: CaffeNet, outputs: list[str] | None = None) -> CaffeNet:
         if axpy.type != "Axpy" or axpy.fused_relu:
             continue
         relu = rewrite.sole_consumer(axpy.tops[0])
-        if relu is None or relu.type != "ReLU" or relu.param.relu_param.negative_slope != 0:
+        if (relu is None or relu.type != "ReLU" or relu.param.relu_param.negative_slope != 0
+                or relu.param.relu_param.relu6):
             continue
         rewrite.replace(axpy, replace(axpy, tops=list(relu.tops), fused_relu=True))
         rewrite.drop(relu)

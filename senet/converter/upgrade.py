@@ -32,6 +32,9 @@ _SHARED_PARAMS = (
     "infogain_loss_param",
 )
 
+# Fork V1 parameters (DeepLab v1, PSPNet) that LayerParameter has under the same name.
+_FORK_SHARED_PARAMS = ("interp_param", "mat_write_param")
+
 _V0_TYPE_NAMES = {
     "conv": "Convolution", "innerproduct": "InnerProduct", "pool": "Pooling", "relu": "ReLU",
     "lrn": "LRN", "dropout": "Dropout", "softmax": "Softmax", "softmax_loss": "SoftmaxWithLoss",
@@ -50,16 +53,18 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
     fork = [p[len(FORK_V1_TYPE):] for p in v1.param if p.startswith(FORK_V1_TYPE)]
     if fork:
         out.type = _fork_type_string(fork[0])
-    elif type_name == "NONE":
-        raise CaffeFormatError("V1 layer without a type", where=where, layer=v1.name or None)
-    else:
+    elif type_name != "NONE":
         out.type = _V1_TYPE_NAMES.get(type_name, type_name)
+    elif _fork_type_number(v1) is not None:
+        out.type = _fork_number_type(_fork_type_number(v1))
+    else:
+        raise CaffeFormatError("V1 layer without a type", where=where, layer=v1.name or None)
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
     out.exclude.extend(v1.exclude)
     out.loss_weight.extend(v1.loss_weight)
-    for name in _SHARED_PARAMS:
+    for name in _SHARED_PARAMS + _FORK_SHARED_PARAMS:
         if v1.HasField(name):
             getattr(out, name).CopyFrom(getattr(v1, name))
     return out
@@ -69,6 +74,33 @@ def _fork_type_string(enum_name: str) -> str:
     """A fork's V1 enum name as the type string the fork's own upgrade gives it, which is
     BVLC's spelling rule: IMAGE_SEG_DATA -> ImageSegData, CROP -> Crop."""
     return "".join(word.capitalize() for word in enum_name.split("_"))
+
+
+# V1 type numbers BVLC lacks, which forks gave to different layers: a binary file alone does
+# not say which (a text file names the type, and a prototxt given beside the caffemodel
+# decides; the layer's blobs are still read by name).
+_FORK_V1_NUMBERS = {
+    40: "DeepLab-Context SEG_ACCURACY, PSPNet IMAGE_SEG_DATA or FCN-era CROP",
+    41: "DeepLab-Context INTERP or PSPNet HOLE_CONVOLUTION",
+    42: "DeepLab-Context PADDING or PSPNet INTERP",
+    43: "DeepLab-Context MAT_WRITE, PSPNet SEG_ACCURACY or SegNet BN",
+    44: "DeepLab-Context MAT_READ", 45: "DeepLab-Context DENSE_CRF",
+    46: "DeepLab-Context DOMINANT_CHANNEL", 47: "DeepLab-Context BIAS_CHANNEL",
+}
+
+
+def _fork_type_number(v1: pb.V1LayerParameter) -> int | None:
+    """The V1 type number a binary file stores when BVLC's enum lacks it (protobuf keeps it
+    as an unknown field)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+    numbers = [f.data for f in UnknownFieldSet(v1) if f.field_number == 5 and f.wire_type == 0]
+    return numbers[-1] if numbers else None
+
+
+def _fork_number_type(number: int) -> str:
+    """A type string that no converter has, saying which forks' layer the number may be."""
+    forks = _FORK_V1_NUMBERS.get(number, "a Caffe fork's")
+    return f"V1 type {number} ({forks}; give the fork's prototxt)"
 
 
 def _upgrade_v0(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
