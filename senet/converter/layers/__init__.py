@@ -107,3 +107,4 @@ from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
 )
+from senet.converter.layers import depthwise, fork_activation, fork_norm, resize, shuffle  # noqa: E402,F401,E501

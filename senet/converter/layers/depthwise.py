@@ -1,0 +1,41 @@
+"""The forks' depthwise convolution layers, ConvolutionDepthwise (yonghenglh6's layer that
+ShuffleNet and the MobileNet ports use) and DepthwiseConvolution: one k×k filter per input
+channel, whatever num_output and group say (the fork's weight is C×1×kh×kw, its output has C
+channels). It is BVLC's Convolution with group = num_output = channels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from senet.converter.layers import register
+from senet.converter.layers.conv import Convolution, window
+
+
+def as_grouped(layer, in_shape):
+    """The layer as the equivalent BVLC Convolution on a blob of `in_shape`."""
+    param = type(layer.param)()
+    param.CopyFrom(layer.param)
+    channels = window(layer, in_shape).channels
+    param.convolution_param.group = channels
+    param.convolution_param.num_output = channels
+    return dataclasses.replace(layer, param=param)
+
+
+@register("ConvolutionDepthwise", "DepthwiseConvolution",
+          origin="depthwise forks (yonghenglh6/DepthwiseConvolution, ShuffleNet ports)")
+class ConvolutionDepthwise(Convolution):
+    def blob_shapes(self, layer, in_shapes):
+        return super().blob_shapes(as_grouped(layer, in_shapes[0]), in_shapes)
+
+    def infer_shapes(self, layer, in_shapes):
+        return super().infer_shapes(as_grouped(layer, in_shapes[0]), in_shapes)
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return super().keeps_batch(as_grouped(layer, in_shapes[0]), in_shapes, out_shapes,
+                                   batch)
+
+    def to_onnx(self, layer, g):
+        super().to_onnx(as_grouped(layer, g.shape(layer.bottoms[0])), g)
+
+    def to_torch(self, layer, ctx):
+        super().to_torch(as_grouped(layer, ctx.shape(layer.bottoms[0])), ctx)
