@@ -162,3 +162,114 @@ layer { name: "mi" type: "Mish" bottom: "x" top: "mi" }'''
     for name in ("r6", "hs", "mi"):
         np.testing.assert_allclose(onnx_out[name], ref[name], rtol=1e-6, atol=1e-30)
         np.testing.assert_allclose(torch_out[name], ref[name], rtol=1e-6, atol=1e-30)
+
+
+# ----------------------------------------------------------------------------- traps
+
+def _trap_case(tmp_path, shapes, body, output):
+    """(input, reference output, senet's ONNX output, senet's torch output) of a seeded net."""
+    text = net_text(shapes, body)
+    weights = seeded_weights(text, shapes)
+    inputs = make_inputs(shapes)
+    onnx_out, torch_out = run_both(tmp_path, text, weights, inputs, [output])
+    ref = reference(text, weights, inputs)[output]
+    return inputs, weights, ref, onnx_out[output], torch_out[output]
+
+
+def test_trap_interp_half_pixel(tmp_path):
+    """caffe_cpu_interp2 aligns corners (position i·(in-1)/(out-1)); the half-pixel Resize
+    that ONNX and PyTorch default to (F.interpolate(align_corners=False), Resize
+    coordinate_transformation_mode=half_pixel) is off by up to a tenth of the signal here."""
+    import torch
+    from torch.nn import functional as F
+    inputs, _, ref, ours_onnx, ours_torch = _trap_case(tmp_path, {"x": (1, 2, 5, 7)}, '''
+layer { name: "i" type: "Interp" bottom: "x" top: "y" interp_param { zoom_factor: 4 } }''', "y")
+    half_pixel = F.interpolate(torch.from_numpy(inputs["x"]), size=ref.shape[2:],
+                               mode="bilinear", align_corners=False).numpy()
+    assert rel_error(half_pixel, ref) > 0.05
+    assert rel_error(ours_onnx, ref) <= TOL and rel_error(ours_torch, ref) <= TOL
+
+
+def test_trap_unpool_without_mask(tmp_path):
+    """SegNet's Upsample puts each value where its Pooling found the maximum and zeros
+    elsewhere; a converter that ignores the mask (nearest upsampling, or each value at the
+    top-left cell of its window) gives another image."""
+    inputs, _, ref, ours_onnx, ours_torch = _trap_case(tmp_path, {"x": (2, 3, 8, 8)}, '''
+layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" upsample_param { scale: 2 } }''',
+                                                        "u")
+    pooled = inputs["x"].reshape(2, 3, 4, 2, 4, 2).max(axis=(3, 5))
+    nearest = pooled.repeat(2, axis=2).repeat(2, axis=3)
+    top_left = np.zeros_like(nearest)
+    top_left[:, :, ::2, ::2] = pooled
+    assert rel_error(nearest, ref) > 0.5 and rel_error(top_left, ref) > 0.5
+    assert rel_error(ours_onnx, ref) <= TOL and rel_error(ours_torch, ref) <= TOL
+
+
+def test_trap_bn_as_batchnorm_scale_wrong_blob_order(tmp_path):
+    """PSPNet's BN stores slope, bias, mean, variance. Read as BVLC's BatchNorm (mean, variance
+    first) plus Scale (slope, bias after), the same four blobs give another result."""
+    inputs, weights, ref, ours_onnx, ours_torch = _trap_case(tmp_path, X4, '''
+layer { name: "bn" type: "BN" bottom: "x" top: "y" }''', "y")
+    slope, bias, mean, var = (b.reshape(1, -1, 1, 1).astype(np.float64)
+                              for b in weights["bn"])
+    x = inputs["x"].astype(np.float64)
+    wrong = (x - slope) / np.sqrt(np.abs(bias) + 1e-5) * mean + var
+    assert rel_error(wrong, ref) > 0.5
+    assert rel_error(ours_onnx, ref) <= TOL and rel_error(ours_torch, ref) <= TOL
+
+
+def test_trap_reorg_channel_order(tmp_path):
+    """The YOLOv2 forks' Reorg (darknet's reorg_cpu) reads the input's memory as
+    C/s² × H·s × W·s; ONNX SpaceToDepth (channel (by·s + bx)·C + c takes x[c, h·s + by,
+    w·s + bx]) has the output's shape but other values in most channels."""
+    inputs, _, ref, ours_onnx, ours_torch = _trap_case(tmp_path, {"x": (1, 8, 4, 6)}, '''
+layer { name: "r" type: "Reorg" bottom: "x" top: "r" reorg_param { stride: 2 } }''', "r")
+    x = inputs["x"]
+    space_to_depth = x.reshape(1, 8, 2, 2, 3, 2).transpose(0, 3, 5, 1, 2, 4).reshape(1, 32, 2, 3)
+    assert space_to_depth.shape == ref.shape
+    assert rel_error(space_to_depth, ref) > 0.5
+    np.testing.assert_array_equal(ours_onnx, ref.astype(np.float32))
+    np.testing.assert_array_equal(ours_torch, ref.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- refusals
+
+REFUSED = {
+    "interp_positive_pad": ('''
+layer { name: "bad" type: "Interp" bottom: "x" top: "y" interp_param { zoom_factor: 2 pad_beg: 1 } }''',
+                            "pad_beg"),
+    "interp_two_sizes": ('''
+layer { name: "bad" type: "Interp" bottom: "x" top: "y"
+  interp_param { zoom_factor: 2 height: 3 width: 3 } }''', "exactly one"),
+    "interp_no_size": ('''
+layer { name: "bad" type: "Interp" bottom: "x" top: "y" }''', "exactly one"),
+    "shuffle_group_does_not_divide": ('''
+layer { name: "bad" type: "ShuffleChannel" bottom: "x" top: "y" shuffle_channel_param { group: 4 } }''',
+                                      "group 4"),
+    "reorg_indivisible": ('''
+layer { name: "bad" type: "Reorg" bottom: "x" top: "y" reorg_param { stride: 2 } }''', "divisible"),
+    "reorg_without_stride": ('''
+layer { name: "bad" type: "Reorg" bottom: "x" top: "y" }''', "stride"),
+    "unpool_mask_of_other_shape": ('''
+layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "bad" type: "Upsample" bottom: "x" bottom: "m" top: "u" }''', "mask"),
+    "upsample_pad_out_with_scale_3": ('''
+layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m"
+  pooling_param { pool: MAX kernel_size: 3 stride: 3 } }
+layer { name: "bad" type: "Upsample" bottom: "p" bottom: "m" top: "u"
+  upsample_param { scale: 3 pad_out_h: true } }''', "scale 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_with_the_layer_named(tmp_path, case):
+    body, words = REFUSED[case]
+    text = net_text({"x": (1, 6, 7, 9)}, body)
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    with pytest.raises(SenetError) as error:
+        senet.load_caffe(None, proto)
+    assert "bad" in str(error.value) and words in str(error.value)
