@@ -310,6 +310,8 @@ ZOO = {
     "xception_dw_soeaver": "data",      # ConvolutionDepthwise
     "segnet_pascal": "data",            # SegNet BN (INFERENCE), Upsample with masks
     "attention92": "data",              # PSPNet-style BN, Interp sized by a second bottom
+    "pspnet50_ade20k": "data",          # PSPNet BN, Interp (zoom, height/width)
+    "yolov3_spp": "data",               # nearest Upsample
 }
 ZOO_TOL = 1e-4  # the bound for whole networks
 
