@@ -346,3 +346,32 @@ def test_zoo_net_matches_reference(tmp_path, zoo_net, fork_weights):
                 drift = max(rel_error(ref32[n], ref[n]) for n in ours)
             bound = ZOO_TOL if drift is None else max(ZOO_TOL, 2.5 * drift)
             assert err <= bound, f"{zoo_net} {emitter} {name}: {err:.3g} > {bound:.3g}"
+
+
+# ----------------------------------------------------------------------------- OpenCV
+
+OPENCV = {
+    "interp_zoom": 'interp_param { zoom_factor: 3 }',
+    "interp_height_width": 'interp_param { height: 9 width: 4 }',
+}
+# Not compared: a shrink_factor Interp, which OpenCV 4.14 sizes to an empty blob (its
+# importer fails 'total(os[i]) > 0'); the fork's rule (n - 1) / shrink + 1 is unambiguous in
+# interp_layer.cpp, so OpenCV is the one that is wrong there.
+
+
+@pytest.mark.parametrize("case", ["interp_zoom", "interp_height_width", "shuffle_channel",
+                                  "relu6"])
+def test_reference_agrees_with_opencv_dnn(tmp_path, case):
+    """OpenCV dnn 4.x implements Interp (aligned corners), ShuffleChannel and ReLU6 in its own
+    Caffe importer: a second reference, independent of the fork sources read here (it has no
+    BN, Upsample or Reorg of these forks)."""
+    cv2 = pytest.importorskip("cv2", reason="OpenCV (opencv-python-headless) not installed")
+    layer = {"shuffle_channel": 'type: "ShuffleChannel" shuffle_channel_param { group: 3 }',
+             "relu6": 'type: "ReLU6"'}.get(case, f'type: "Interp" {OPENCV.get(case, "")}')
+    x = make_inputs({"x": (1, 6, 5, 7)})["x"]
+    text = net_text({"x": x.shape}, f'layer {{ name: "l" {layer} bottom: "x" top: "y" }}')
+    proto, model = write_net(tmp_path, text, {})
+    net = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    net.setInput(x, "x")
+    theirs = net.forward()
+    assert rel_error(theirs, reference(text, {}, {"x": x})["y"]) <= 1e-6
