@@ -375,3 +375,34 @@ def test_reference_agrees_with_opencv_dnn(tmp_path, case):
     net.setInput(x, "x")
     theirs = net.forward()
     assert rel_error(theirs, reference(text, {}, {"x": x})["y"]) <= 1e-6
+
+
+def test_exported_program_runs_any_batch(tmp_path):
+    """A chain of the fork layers through senet.convert to .pt2 (torch.export) and to ONNX
+    runs a batch other than the prototxt's, as the reference does."""
+    import torch
+    import senet.kernels  # noqa: F401  (a bare .pt2 needs the senet ops)
+    body = '''
+layer { name: "bn" type: "BN" bottom: "x" top: "bn" }
+layer { name: "sh" type: "ShuffleChannel" bottom: "bn" top: "sh" shuffle_channel_param { group: 3 } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "sh" top: "dw"
+  convolution_param { num_output: 12 kernel_size: 3 pad: 1 } }
+layer { name: "hs" type: "HardSwish" bottom: "dw" top: "hs" }
+layer { name: "p" type: "Pooling" bottom: "hs" top: "p" top: "m"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "u" type: "Upsample" bottom: "p" bottom: "m" top: "u" }
+layer { name: "i" type: "Interp" bottom: "u" top: "i" interp_param { height: 6 width: 10 } }
+layer { name: "r" type: "Reorg" bottom: "i" top: "r" reorg_param { stride: 2 } }
+layer { name: "n" type: "Upsample" bottom: "r" top: "n" upsample_param { scale: 2 } }'''
+    text = net_text({"x": (2, 12, 8, 8)}, body)
+    weights = seeded_weights(text, {"x": (2, 12, 8, 8)})
+    proto, model = write_net(tmp_path, text, weights)
+    path = senet.convert(model, "torch", tmp_path / "m.pt2", prototxt=proto, outputs=["n"])
+    module = torch.export.load(str(path)).module()
+    x = make_inputs({"x": (3, 12, 8, 8)})["x"]
+    ref = reference(text, weights, {"x": x})["n"]
+    with torch.no_grad():
+        ours = module(torch.from_numpy(x)).numpy()
+    assert ours.shape == ref.shape and rel_error(ours, ref) <= TOL
+    onnx_out = run_onnx(convert(tmp_path, model, proto, ["n"]), {"x": x})["n"]
+    assert rel_error(onnx_out, ref) <= TOL
