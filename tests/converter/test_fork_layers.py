@@ -136,6 +136,9 @@ layer { name: "d" type: "ConvolutionDepthwise" bottom: "x" top: "d"
 layer { name: "e" type: "DepthwiseConvolution" bottom: "x" top: "e"
   convolution_param { num_output: 6 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0 bias_term: false } }''',
                                      ["d", "e"]),
+    "conv_depthwise_synopsys_group_multiplier": (X4, '''
+layer { name: "d" type: "ConvolutionDepthwise" bottom: "x" top: "d"
+  convolution_param { num_output: 12 group: 6 kernel_size: 3 pad: 1 } }''', ["d"]),
     "activations": (X4, '''
 layer { name: "r6" type: "ReLU6" bottom: "x" top: "r6" }
 layer { name: "hs" type: "HardSwish" bottom: "x" top: "hs" }
@@ -258,6 +261,9 @@ layer { name: "bad" type: "Reorg" bottom: "x" top: "y" }''', "stride"),
 layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m"
   pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 layer { name: "bad" type: "Upsample" bottom: "x" bottom: "m" top: "u" }''', "mask"),
+    "segnet_upsample_without_mask": ('''
+layer { name: "bad" type: "Upsample" bottom: "x" top: "u"
+  upsample_param { upsample_h: 14 upsample_w: 18 } }''', "mask"),
     "upsample_pad_out_with_scale_3": ('''
 layer { name: "p" type: "Pooling" bottom: "x" top: "p" top: "m"
   pooling_param { pool: MAX kernel_size: 3 stride: 3 } }

@@ -186,16 +186,29 @@ def _depthwise_geometry(layer):
             bool(get(p, "bias_term", True)))
 
 
+def _multiplier(layer, channels: int) -> int:
+    """Output channels per input channel: 1 for conv_dw_layer.cpp (no group field), else
+    num_output / group of Synopsys' BaseConvolution form (group must be the channels)."""
+    p = _param(layer, "convolution_param")
+    if "group" not in p:
+        return 1
+    if int(get(p, "group")) != channels:
+        raise ValueError(f"{_name(layer)}: the reference covers group == channels only")
+    return int(get(p, "num_output")) // channels
+
+
 def _depthwise_shapes(layer, bottoms):
     (kh, kw), _, _, _, bias = _depthwise_geometry(layer)
-    c = bottoms[0].shape[1]
+    c = bottoms[0].shape[1] * _multiplier(layer, bottoms[0].shape[1])
     return [(c, 1, kh, kw)] + ([(c,)] if bias else [])
 
 
 def _depthwise(layer, bottoms, params):
-    """conv_dw_layer.cpp: output channel c is input channel c correlated with filter c."""
+    """conv_dw_layer.cpp: output channel c is input channel c correlated with filter c; with
+    a multiplier m, output channel c·m + k is input channel c with filter c·m + k."""
     x = bottoms[0]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), bias = _depthwise_geometry(layer)
+    x = np.repeat(x, _multiplier(layer, x.shape[1]), axis=1)
     n, c, h, w = x.shape
     oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     ow = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1

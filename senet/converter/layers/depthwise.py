@@ -1,7 +1,10 @@
-"""The forks' depthwise convolution layers, ConvolutionDepthwise (yonghenglh6's layer that
-ShuffleNet and the MobileNet ports use) and DepthwiseConvolution: one k×k filter per input
-channel, whatever num_output and group say (the fork's weight is C×1×kh×kw, its output has C
-channels). It is BVLC's Convolution with group = num_output = channels."""
+"""The forks' depthwise convolution layers, ConvolutionDepthwise and DepthwiseConvolution.
+
+Without `group` (yonghenglh6's conv_dw_layer.cpp, which ShuffleNet and the MobileNet ports
+use): one k×k filter per input channel whatever num_output says (the weight is C×1×kh×kw,
+the output has C channels), i.e. BVLC's Convolution with group = num_output = channels. With
+`group` given (Synopsys' conv_depthwise_layer.cpp, a BaseConvolutionLayer): BVLC's
+Convolution as written, so num_output may be a multiple of the channels."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from senet.converter.layers.conv import Convolution, window
 
 def as_grouped(layer, in_shape):
     """The layer as the equivalent BVLC Convolution on a blob of `in_shape`."""
+    if layer.param.convolution_param.HasField("group"):
+        return layer
     param = type(layer.param)()
     param.CopyFrom(layer.param)
     channels = window(layer, in_shape).channels

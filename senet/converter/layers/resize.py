@@ -131,10 +131,20 @@ def unpool_size(layer, in_shapes) -> tuple[int, int]:
                                                    (p.pad_out_h, p.pad_out_w)))
 
 
+SEGNET_ONLY = ("scale_h", "scale_w", "pad_out_h", "pad_out_w", "upsample_h", "upsample_w")
+
+
 def nearest_scale(layer, in_shape) -> int:
-    """The YOLO forks' Upsample factor (upsample_param.scale, a positive integer)."""
+    """The YOLO forks' Upsample factor (upsample_param.scale, a positive integer). SegNet's
+    size fields on a one-bottom Upsample mean its mask bottom is missing: refused, as
+    upsampling without the mask is not SegNet's result."""
     _four_d(layer, in_shape)
-    scale = layer.param.upsample_param.scale
+    p = layer.param.upsample_param
+    given = [f for f in SEGNET_ONLY if p.HasField(f)]
+    if given:
+        raise ShapeError(f"Upsample with {', '.join(given)} is SegNet's unpooling and needs "
+                         "the Pooling mask as bottom[1]", layer=layer.name)
+    scale = p.scale
     if scale < 1 or scale != int(scale):
         raise ShapeError(f"nearest Upsample needs a positive integer scale, got {scale}",
                          layer=layer.name)
