@@ -596,14 +596,6 @@ def interp_output_size(size: int, pad_beg: int, pad_end: int, zoom: int | None,
     return cropped, out
 
 
-def interp_source_positions(in_size: int, out_size: int) -> np.ndarray:
-    """Where caffe_cpu_interp2 samples output index i along one axis: i·(in-1)/(out-1)
-    with the ratio rounded to float32 and the product taken in float32 (align corners); a
-    single output samples position 0."""
-    ratio = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
-    return np.arange(out_size, dtype=np.float32) * ratio
-
-
 def unpool_output_size(size: int, upsample: int | None, scale: int, pad_out: bool,
                        layer: str) -> int:
     """SegNet Upsample's output length: upsample_h/w when given, else size·scale, one less
@@ -641,8 +633,8 @@ def reorg_output_shape(shape: Shape, stride: int, reverse: bool, layer: str) -> 
     return n, c * stride * stride, h // stride, w // stride
 
 
-def reorg_view(shape: Shape, stride: int, reverse: bool) -> tuple[Shape, tuple[int, ...],
-                                                                    Shape]:
+def reorg_view(shape: Shape, stride: int, reverse: bool, layer: str
+               ) -> tuple[Shape, tuple[int, ...], Shape]:
     """Reorg as one reshape → transpose → reshape of the N×C×H×W input (what the fork's
     reorg_cpu does, read in darknet's flattened order): (6-D view, permutation, output).
     Forward: the input's memory is read as N × C/s² × H·s × W·s, and output channel
@@ -650,7 +642,7 @@ def reorg_view(shape: Shape, stride: int, reverse: bool) -> tuple[Shape, tuple[i
     ONNX SpaceToDepth's channel order."""
     n, c, h, w = shape
     s, part = stride, c // (stride * stride)
-    out = reorg_output_shape(shape, stride, reverse, "")
+    out = reorg_output_shape(shape, stride, reverse, layer)
     if reverse:
         return (n, s, s, part, h, w), (0, 3, 4, 1, 5, 2), out
     return (n, part, h, s, w, s), (0, 3, 5, 1, 2, 4), out

@@ -3,6 +3,8 @@ ShuffleChannel and the YOLOv2 forks' Reorg."""
 
 from __future__ import annotations
 
+import math
+
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
     reorg_output_shape, reorg_view, shuffle_channel_groups,
@@ -41,19 +43,12 @@ class ShuffleChannel(LayerConverter):
         shape = ctx.shape(layer.bottoms[0])
         group, per_group = _shuffle_group(layer, shape)
         x = ctx.value(layer.bottoms[0])
-        grouped = ctx.op(torch.reshape, x, (-1, group, per_group, _trailing(shape)))
+        grouped = ctx.op(torch.reshape, x, (-1, group, per_group, math.prod(shape[2:])))
         swapped = ctx.op(torch.transpose, grouped, 1, 2)
         ctx.emit(layer.tops[0], torch.reshape, swapped, (-1, *shape[1:]))
 
 
-def _trailing(shape) -> int:
-    size = 1
-    for d in shape[2:]:
-        size *= d
-    return size
-
-
-def _reorg(layer, in_shape):
+def _reorg(layer) -> tuple[int, bool]:
     p = layer.param.reorg_param
     if not p.HasField("stride"):
         raise ShapeError("Reorg needs reorg_param { stride } (the fork's check)",
@@ -71,12 +66,12 @@ class Reorg(LayerConverter):
         if layer.param.top[0] == layer.param.bottom[0]:
             raise ShapeError("Reorg cannot run in place (the fork refuses top == bottom)",
                              layer=layer.name)
-        stride, reverse = _reorg(layer, in_shapes[0])
+        stride, reverse = _reorg(layer)
         return [reorg_output_shape(tuple(in_shapes[0]), stride, reverse, layer.name)]
 
     def to_onnx(self, layer, g):
         name = layer.name
-        view, perm, out = reorg_view(g.shape(layer.bottoms[0]), *_reorg(layer, None))
+        view, perm, out = reorg_view(g.shape(layer.bottoms[0]), *_reorg(layer), layer.name)
         viewed, moved = g.tmp(name + "/view"), g.tmp(name + "/moved")
         g.node("Reshape", [layer.bottoms[0], g.ints([-1, *view[1:]], name + "/view")], [viewed])
         g.node("Transpose", [viewed], [moved], perm=list(perm))
@@ -84,7 +79,7 @@ class Reorg(LayerConverter):
 
     def to_torch(self, layer, ctx):
         import torch
-        view, perm, out = reorg_view(ctx.shape(layer.bottoms[0]), *_reorg(layer, None))
+        view, perm, out = reorg_view(ctx.shape(layer.bottoms[0]), *_reorg(layer), layer.name)
         viewed = ctx.op(torch.reshape, ctx.value(layer.bottoms[0]), (-1, *view[1:]))
         moved = ctx.op(torch.permute, viewed, perm)
         ctx.emit(layer.tops[0], torch.reshape, moved, (-1, *out[1:]))
