@@ -384,8 +384,9 @@ def test_reference_agrees_with_opencv_dnn(tmp_path, case):
 
 
 def test_exported_program_runs_any_batch(tmp_path):
-    """A chain of the fork layers through senet.convert to .pt2 (torch.export) and to ONNX
-    (opsets 13, 17, 22) runs a batch other than the prototxt's, as the reference does."""
+    """A chain of the fork layers through senet.convert to .pt2 (torch.export), safetensors
+    (senet.load) and ONNX (opsets 13, 17, 22) runs a batch other than the prototxt's, as the
+    reference does."""
     import torch
     import senet.kernels  # noqa: F401  (a bare .pt2 needs the senet ops)
     body = '''
@@ -410,6 +411,11 @@ layer { name: "n" type: "Upsample" bottom: "r" top: "n" upsample_param { scale: 
     with torch.no_grad():
         ours = module(torch.from_numpy(x)).numpy()
     assert ours.shape == ref.shape and rel_error(ours, ref) <= TOL
+    senet.convert(model, "safetensors", tmp_path / "m.safetensors", prototxt=proto,
+                  outputs=["n"])
+    with torch.no_grad():
+        loaded = senet.load(tmp_path / "m.safetensors")(torch.from_numpy(x)).numpy()
+    assert rel_error(loaded, ref) <= TOL
     for opset in (13, 17, 22):
         onnx_path = senet.convert(model, "onnx", tmp_path / f"m{opset}.onnx", prototxt=proto,
                                   outputs=["n"], opset=opset)
