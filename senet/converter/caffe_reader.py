@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from senet.converter import caffe_pb2 as pb
 from senet.converter.protowire import I32, I64, LEN, VARINT
@@ -75,6 +76,9 @@ class CaffeFile:
     path: str
     format: str                   # "V2", "V1" or "V0"
     mapped: MappedFile | None = None  # set when blobs are views of the mapped file
+    # Binary only: (layer name, None for the net, "Message field N") for each stored field our
+    # schema lacks (a fork's).
+    unknown_fields: list[tuple[str | None, str]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- wire walking
@@ -308,7 +312,9 @@ def _parse_net(buf, path: str) -> CaffeFile:
     if len(formats) > 1 and "V2" in formats:
         raise CaffeFormatError("file mixes V2 `layer` and V1 `layers` entries", where=path)
     fmt = "V0" if "V0" in formats else ("V1" if "V1" in formats else "V2")
-    return CaffeFile(net=net, layers=layers, path=path, format=fmt)
+    unknown = [(None, name) for name in _unknown_fields(net)]
+    unknown += [(raw.param.name, name) for raw in layers for name in _unknown_fields(raw.param)]
+    return CaffeFile(net=net, layers=layers, path=path, format=fmt, unknown_fields=unknown)
 
 
 def _reject_hdf5(head: bytes, path: str) -> None:
@@ -326,7 +332,7 @@ def _looks_like_prototxt(head: bytes) -> bool:
 def _read_layer(buf, start, end, path, index) -> RawLayer:
     where = f"{path}: layer #{index} at byte {start}"
     kept, spans, _ = _split_message(buf, start, end, LAYER_BLOBS, where)
-    param = _parse_params(pb.LayerParameter, kept, where)
+    param = _read_reused_numbers(_parse_params(pb.LayerParameter, kept, where), kept, where)
     return _with_blobs(param, buf, spans, f"{path}: layer '{param.name}'")
 
 
@@ -371,6 +377,61 @@ def _check_text(message, where: str) -> None:
                 raise CaffeFormatError(
                     f"field '{fd.name}' of {message.DESCRIPTOR.name} is not UTF-8 text",
                     where=where, hint="the file is corrupt")
+
+
+# ----------------------------------------------------------------------------- fork fields
+
+# LayerParameter numbers that forks give another message than BVLC (caffe.proto's header): the
+# layer's type says which the bytes are. PSPNet's BN and SegNet's Upsample write 137 (BVLC
+# embed_param), SegNet's DenseImageData 138 (tile_param), DeepLab v2's Interp 143
+# (input_param), yjxiong's and PSPNet's ROIPooling 150 (no BVLC field).
+_REUSED_NUMBERS = {
+    137: {"BN": "bn_param", "Upsample": "upsample_param"},
+    138: {"DenseImageData": "dense_image_data_param"},
+    143: {"Interp": "interp_param"},
+    150: {"ROIPooling": "roi_pooling_param"},
+}
+
+
+def _read_reused_numbers(param: pb.LayerParameter, kept: bytes, where: str
+                         ) -> pb.LayerParameter:
+    """`param` with each field at a reused number (see _REUSED_NUMBERS) read as the message
+    the layer's type gives it, instead of BVLC's reading of the same bytes."""
+    if not any(param.type in types for types in _REUSED_NUMBERS.values()):
+        return param
+    reread, rest, pos = [], bytearray(), 0
+    for number, wire, vs, ve, _ in _fields(kept, 0, len(kept), where):
+        name = _REUSED_NUMBERS.get(number, {}).get(param.type)
+        if name is not None and wire == LEN:
+            reread.append((name, number, kept[vs:ve]))
+        else:
+            rest += kept[pos:ve]
+        pos = ve
+    if not reread:
+        return param
+    out = _parse_params(pb.LayerParameter, bytes(rest), where)
+    for name, number, data in reread:
+        try:
+            getattr(out, name).MergeFromString(data)
+        except DecodeError as exc:
+            raise CaffeFormatError(f"{name} (field {number}) does not parse ({exc})",
+                                   where=where) from None
+    return out
+
+
+def _unknown_fields(message) -> list[str]:
+    """'Message field N' for every stored field number our schema does not declare, in
+    `message` and the messages inside it (a fork's field; protobuf skipped it)."""
+    found = [f"{message.DESCRIPTOR.name} field {f.field_number}"
+             for f in UnknownFieldSet(message)]
+    for fd, value in message.ListFields():
+        if fd.type != fd.TYPE_MESSAGE or fd.name == "blobs":
+            continue
+        repeated = (fd.is_repeated if hasattr(fd, "is_repeated")
+                    else fd.label == fd.LABEL_REPEATED)
+        for item in (value if repeated else (value,)):
+            found += _unknown_fields(item)
+    return found
 
 
 def _with_blobs(param, buf, spans, where) -> RawLayer:

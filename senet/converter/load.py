@@ -31,7 +31,24 @@ def load_net(caffemodel: str | None = None, prototxt: str | None = None,
     weights = read_caffemodel(caffemodel) if caffemodel else None
     structure = (read_prototxt(prototxt, allow_unknown_fields, warn) if prototxt
                  else weights)
-    return assemble(structure, weights, input_shape, weights_optional)
+    net = assemble(structure, weights, input_shape, weights_optional)
+    if structure is weights and warn:
+        _warn_unknown_fields(weights, {layer.name for layer in net.layers}, warn)
+    return net
+
+
+def _warn_unknown_fields(weights: CaffeFile, used: set[str], warn, shown: int = 8) -> None:
+    """The net stored in a caffemodel carries fields (of a fork) our schema lacks, in the net
+    or in layers the deploy net keeps: it is used, without them, because no prototxt was
+    given."""
+    names = [f"layer '{layer}': {name}" if layer else f"net: {name}"
+             for layer, name in weights.unknown_fields if layer is None or layer in used]
+    if not names:
+        return
+    more = f"; and {len(names) - shown} more" if len(names) > shown else ""
+    warn(f"{weights.path}: the net stored in the caffemodel has fields senet's schema lacks "
+         f"(a Caffe fork's), read without them: " + "; ".join(names[:shown]) + more +
+         " (give the fork's prototxt with --prototxt to use it instead)")
 
 
 def assemble(structure: CaffeFile, weights: CaffeFile | None,

@@ -6,6 +6,7 @@ rule. Every function is pure and works on plain ints and NumPy arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -54,10 +55,12 @@ def spatial_param(param, name: str, n_spatial: int, default: int, layer: str
     return tuple(values)
 
 
-def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> int:
-    """Caffe's convolution output size: floor((size + 2p - (d(k-1)+1)) / s) + 1."""
+def conv_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int,
+                     pad_after: int | None = None) -> int:
+    """Caffe's convolution output size: floor((size + 2p - (d(k-1)+1)) / s) + 1; with a
+    different padding after the input (Synopsys' pad_b/pad_r), size + p + pad_after."""
     extent = dilation * (kernel - 1) + 1
-    return (size + 2 * pad - extent) // stride + 1
+    return (size + pad + (pad if pad_after is None else pad_after) - extent) // stride + 1
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -71,6 +74,12 @@ class PoolGeometry:
     pad: int
     output: int
     input_extent: int
+    pad_after: int | None = None  # Caffe's padding after the input when not `pad` (Synopsys)
+
+    @property
+    def after(self) -> int:
+        """The layer's own padding after the input (the AVE divisor counts it)."""
+        return self.pad if self.pad_after is None else self.pad_after
 
     @property
     def pad_end(self) -> int:
@@ -82,11 +91,12 @@ class PoolGeometry:
 
 
 def pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool = True,
-                     any_pad: bool | None = None) -> int:
+                     any_pad: bool | None = None, pad_after: int | None = None) -> int:
     """Caffe's pooling output size: rounded up (CEIL, the default) or down, then the last window
     dropped if it would start in the padding past the input. Caffe makes that check on both
-    axes as soon as either axis is padded (`any_pad`; default: this axis's pad)."""
-    span = size + 2 * pad - kernel
+    axes as soon as either axis is padded (`any_pad`; default: this axis's pad). `pad_after`:
+    Synopsys' different padding after the input (the check still uses `pad`, before it)."""
+    span = size + pad + (pad if pad_after is None else pad_after) - kernel
     steps = -(-span // stride) if ceil_mode else span // stride
     pooled = steps + 1
     if (pad > 0 if any_pad is None else any_pad) and (pooled - 1) * stride >= size + pad:
@@ -95,17 +105,22 @@ def pool_output_size(size: int, kernel: int, pad: int, stride: int, ceil_mode: b
 
 
 def pool_geometry(size: int, kernel: int, pad: int, stride: int, ceil_mode: bool,
-                  any_pad: bool | None = None) -> PoolGeometry:
-    out = pool_output_size(size, kernel, pad, stride, ceil_mode, any_pad)
-    return PoolGeometry(kernel=kernel, stride=stride, pad=pad, output=out, input_extent=size)
+                  any_pad: bool | None = None, pad_after: int | None = None) -> PoolGeometry:
+    out = pool_output_size(size, kernel, pad, stride, ceil_mode, any_pad, pad_after)
+    return PoolGeometry(kernel=kernel, stride=stride, pad=pad, output=out, input_extent=size,
+                        pad_after=None if pad_after == pad else pad_after)
 
 
-def ave_pool_divisors(geom_h: PoolGeometry, geom_w: PoolGeometry) -> np.ndarray:
+def ave_pool_divisors(geom_h: PoolGeometry, geom_w: PoolGeometry,
+                      exclude_pad: bool = False) -> np.ndarray:
     """Caffe's AVE divisor for each output cell: the window clipped to the padded input
-    [-pad, size + pad), counted before clipping to the real input."""
+    [-pad, size + pad_after), counted before clipping to the real input; with `exclude_pad`
+    (Synopsys' AVE_EXC_PAD) the window clipped to the real input [0, size)."""
     def axis(g: PoolGeometry) -> np.ndarray:
         start = np.arange(g.output) * g.stride - g.pad
-        end = np.minimum(start + g.kernel, g.input_extent + g.pad)
+        end = np.minimum(start + g.kernel, g.input_extent + g.after)
+        if exclude_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, g.input_extent)
         return end - start
     return np.outer(axis(geom_h), axis(geom_w)).astype(np.float64)
 
@@ -121,8 +136,7 @@ def empty_pool_windows(g: PoolGeometry) -> int:
 
 def without_empty_windows(g: PoolGeometry) -> PoolGeometry:
     """`g` with its empty trailing windows (see empty_pool_windows) left out."""
-    return PoolGeometry(g.kernel, g.stride, g.pad, g.output - empty_pool_windows(g),
-                        g.input_extent)
+    return dataclasses.replace(g, output=g.output - empty_pool_windows(g))
 
 
 # ----------------------------------------------------------------------------- SPP
@@ -662,3 +676,68 @@ def bn_inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
     it from the stored variance."""
     shifted = np.asarray(var, np.float32) + np.float32(eps)
     return np.power(shifted, np.float32(-0.5), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- fork fields
+# Fields of Caffe forks (caffe.proto marks them "fork:"): Synopsys' asymmetric padding and
+# AVE_EXC_PAD (pooling_layer.cpp, conv_layer.cpp of synopsys-caffe), the ceil_mode of Synopsys
+# and of the forks of BVLC PR #3057, DeepLab v1's hole (deeplab-public) and py-faster-rcnn's
+# Dropout scale_train (caffe-fast-rcnn dropout_layer.cpp).
+
+def _is_set(param, name: str) -> bool:
+    field = param.DESCRIPTOR.fields_by_name[name]
+    if field.label == field.LABEL_REPEATED:
+        return len(getattr(param, name)) > 0
+    return param.HasField(name)
+
+
+def asymmetric_pads(param, layer: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((top, left), (bottom, right)) padding of a Convolution or Pooling when any of
+    Synopsys' pad_t/pad_l/pad_b/pad_r is non-zero (its fork then takes all four, an unset one
+    being 0), else None. They replace pad, pad_h and pad_w, which may then not be given."""
+    before = (int(param.pad_t), int(param.pad_l))
+    after = (int(param.pad_b), int(param.pad_r))
+    if not any(before + after):
+        return None
+    given = [name for name in ("pad", "pad_h", "pad_w") if _is_set(param, name)]
+    if given:
+        raise ShapeError(f"give either pad_t/pad_b/pad_l/pad_r or {'/'.join(given)}, not both",
+                         layer=layer)
+    return before, after
+
+
+def pool_rounds_up(param, layer: str) -> bool:
+    """Whether a Pooling's output size is rounded up: BVLC's round_mode (CEIL by default), or
+    the forks' ceil_mode (true by default, false = floor as round_mode FLOOR). Both given and
+    disagreeing is refused."""
+    ceil = param.round_mode == param.CEIL
+    if not param.HasField("ceil_mode"):
+        return ceil
+    if param.HasField("round_mode") and bool(param.ceil_mode) != ceil:
+        raise ShapeError(f"ceil_mode: {str(param.ceil_mode).lower()} and round_mode: "
+                         f"{param.RoundMode.Name(param.round_mode)} disagree", layer=layer)
+    return bool(param.ceil_mode)
+
+
+def deeplab_hole(param, n_spatial: int, layer: str) -> tuple[int, ...] | None:
+    """DeepLab v1's hole per spatial axis (hole_h/hole_w when either is given, a missing one
+    being 1; else hole), or None when the layer gives none. It is Caffe's dilation: the kernel
+    spans (k − 1)·hole + 1 cells."""
+    if param.HasField("hole_h") or param.HasField("hole_w"):
+        if n_spatial != 2:
+            raise ShapeError(f"hole_h/hole_w need 2 spatial axes, the input has {n_spatial}",
+                             layer=layer)
+        return int(param.hole_h), int(param.hole_w)
+    if param.HasField("hole"):
+        return (int(param.hole),) * n_spatial
+    return None
+
+
+def dropout_test_factor(dropout_ratio: float, scale_train: bool) -> float | None:
+    """What py-faster-rcnn's Dropout multiplies by at test time: nothing (None) when it scales
+    at train time (scale_train, the default, as BVLC), else 1/scale with scale = 1/(1 − ratio)
+    held in float as Caffe holds it: (1 − ratio) up to float rounding."""
+    if scale_train:
+        return None
+    scale = np.float32(1.0 / (1.0 - float(np.float32(dropout_ratio))))
+    return float(np.float32(1.0 / float(scale)))

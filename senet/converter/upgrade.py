@@ -29,6 +29,9 @@ _SHARED_PARAMS = (
     "slice_param", "tanh_param", "threshold_param", "transform_param", "loss_param",
 )
 
+# Fork V1 parameters (DeepLab v1, PSPNet) that LayerParameter has under the same name.
+_FORK_SHARED_PARAMS = ("interp_param", "mat_write_param")
+
 _V0_TYPE_NAMES = {
     "conv": "Convolution", "innerproduct": "InnerProduct", "pool": "Pooling", "relu": "ReLU",
     "lrn": "LRN", "dropout": "Dropout", "softmax": "Softmax", "softmax_loss": "SoftmaxWithLoss",
@@ -52,7 +55,7 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
     out.include.extend(v1.include)
     out.exclude.extend(v1.exclude)
     out.loss_weight.extend(v1.loss_weight)
-    for name in _SHARED_PARAMS:
+    for name in _SHARED_PARAMS + _FORK_SHARED_PARAMS:
         if v1.HasField(name):
             getattr(out, name).CopyFrom(getattr(v1, name))
     return out

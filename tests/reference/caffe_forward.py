@@ -320,14 +320,16 @@ def _lrn(layer, bottoms, params):
 # --------------------------------------------------------------------------- #
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: str = "CEIL",
-                any_pad: bool | None = None) -> int:
+                any_pad: bool | None = None, pad_after: int | None = None) -> int:
     """Caffe's pooled length along one axis.
 
     ceil (or floor) of (size + 2p - k) / s, plus one; then, when the layer has
     any padding (``any_pad``, default ``pad > 0``: Caffe tests pad_h || pad_w
     for both axes), drop the last window if it would start in the padding.
+    The Synopsys fork pads ``pad`` before and ``pad_after`` after the input
+    (its pad_t/pad_b, pad_l/pad_r); its last-window test still uses ``pad``.
     """
-    span = size + 2 * pad - kernel
+    span = size + pad + (pad if pad_after is None else pad_after) - kernel
     steps = -(-span // stride) if round_mode in ("CEIL", 0) else span // stride
     pooled = steps + 1
     if (pad > 0 if any_pad is None else any_pad) and (pooled - 1) * stride >= size + pad:
@@ -355,12 +357,15 @@ def _window_reduce(xp: np.ndarray, kernel, stride, out_hw, op) -> np.ndarray:
     return out
 
 
-def _pool2d(x: np.ndarray, method: str, kernel, stride, pad, round_mode) -> np.ndarray:
-    """Caffe MAX/AVE pooling of an N x C x H x W blob."""
+def _pool2d(x: np.ndarray, method: str, kernel, stride, pad, round_mode,
+            pad_after=None) -> np.ndarray:
+    """Caffe MAX/AVE pooling of an N x C x H x W blob (and the Synopsys fork's AVE_EXC_PAD,
+    whose divisor counts only the window's cells inside the input)."""
     h, w = x.shape[2:]
-    any_pad = bool(pad[0] or pad[1])
-    ho = pooled_size(h, kernel[0], stride[0], pad[0], round_mode, any_pad)
-    wo = pooled_size(w, kernel[1], stride[1], pad[1], round_mode, any_pad)
+    pad_after = pad_after or pad
+    any_pad = bool(pad[0] or pad[1] or pad_after[0] or pad_after[1])
+    ho = pooled_size(h, kernel[0], stride[0], pad[0], round_mode, any_pad, pad_after[0])
+    wo = pooled_size(w, kernel[1], stride[1], pad[1], round_mode, any_pad, pad_after[1])
     # Pad enough that every window [o*s - p, o*s - p + k) exists in the array.
     after_h = max(0, (ho - 1) * stride[0] + kernel[0] - pad[0] - h)
     after_w = max(0, (wo - 1) * stride[1] + kernel[1] - pad[1] - w)
@@ -373,20 +378,37 @@ def _pool2d(x: np.ndarray, method: str, kernel, stride, pad, round_mode) -> np.n
         # all -inf window yields -FLT_MAX.
         out[out == -np.inf] = -FLT_MAX
         return out
-    if method == "AVE":
+    if method in ("AVE", "AVE_EXC_PAD"):
         xp = np.pad(x, widths)
         total = _window_reduce(xp, kernel, stride, (ho, wo), np.add)
-        return total / _ave_divisor((h, w), kernel, stride, pad, (ho, wo)).astype(x.dtype)
+        divisor = _ave_divisor((h, w), kernel, stride, pad, (ho, wo), pad_after,
+                               method == "AVE_EXC_PAD")
+        return total / divisor.astype(x.dtype)
     raise NotImplementedError(f"pooling method {method!r} (Caffe CPU has only MAX and AVE)")
 
 
-def _ave_divisor(size_hw, kernel, stride, pad, out_hw) -> np.ndarray:
-    """Caffe's AVE pool_size: window clipped at size + pad (not at size), before clipping to 0."""
+def _ave_divisor(size_hw, kernel, stride, pad, out_hw, pad_after, inside_only) -> np.ndarray:
+    """Caffe's AVE pool_size: window clipped at size + pad_after (not at size), before clipping
+    to 0; AVE_EXC_PAD's: the window's part in [0, size)."""
     counts = []
-    for size, k, s, p, n in zip(size_hw, kernel, stride, pad, out_hw):
-        start = np.arange(n) * s - p
-        counts.append(np.minimum(start + k, size + p) - start)
+    for size, k, s, p, after, n in zip(size_hw, kernel, stride, pad, pad_after, out_hw):
+        first = np.arange(n) * s - p
+        last = np.minimum(first + k, size + after)
+        if inside_only:
+            first, last = np.maximum(first, 0), np.minimum(last, size)
+        counts.append(last - first)
     return np.outer(counts[0], counts[1])
+
+
+def _synopsys_pads(p: Message):
+    """(before, after) pads of Synopsys' pad_t/pad_l/pad_b/pad_r when one is non-zero."""
+    before = (int(get(p, "pad_t", 0)), int(get(p, "pad_l", 0)))
+    after = (int(get(p, "pad_b", 0)), int(get(p, "pad_r", 0)))
+    if not any(before + after):
+        return None
+    if any(key in p for key in ("pad", "pad_h", "pad_w")):
+        raise ValueError("pad_t/pad_b/pad_l/pad_r exclude pad, pad_h and pad_w")
+    return before, after
 
 
 def _pooling(layer, bottoms, params):
@@ -395,15 +417,19 @@ def _pooling(layer, bottoms, params):
     if x.ndim != 4:
         raise NotImplementedError(f"{_name(layer)}: pooling needs a 4-D blob")
     if get(p, "global_pooling", False):
-        kernel, stride, pad = x.shape[2:], (1, 1), (0, 0)
+        kernel, stride, pad, pad_after = x.shape[2:], (1, 1), (0, 0), None
     else:
         kernel = _spatial(p, "kernel_size", "kernel_h", "kernel_w", None)
         stride = _spatial(p, "stride", "stride_h", "stride_w", 1)
-        pad = _spatial(p, "pad", "pad_h", "pad_w", 0)
-    method = {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}.get(get(p, "pool"), get(p, "pool", "MAX"))
+        pad, pad_after = _synopsys_pads(p) or (_spatial(p, "pad", "pad_h", "pad_w", 0), None)
+    method = {0: "MAX", 1: "AVE", 2: "STOCHASTIC", 3: "AVE_EXC_PAD"}.get(
+        get(p, "pool"), get(p, "pool", "MAX"))
     round_mode = get(p, "round_mode", "CEIL")
+    if "ceil_mode" in p:  # the forks' bool: false rounds down
+        round_mode = "CEIL" if get(p, "ceil_mode") in (True, "true", 1) else "FLOOR"
     with np.errstate(divide="ignore", invalid="ignore"):
-        y = _pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode)
+        y = _pool2d(x, method, tuple(kernel), tuple(stride), tuple(pad), round_mode,
+                    pad_after)
     if len(get_all(layer, "top")) == 1:
         return [y]
     if method != "MAX":

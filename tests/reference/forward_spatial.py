@@ -7,6 +7,10 @@ Deconvolution with several bottoms applies its one weight set to each bottom. De
 computed as a scatter-add of each input value times the kernel (not as col2im), Convolution
 and Im2col from a strided view of the zero-padded input.
 
+Fork fields: DeepLab v1's hole (hole_h/hole_w) is the dilation; the Synopsys fork's
+pad_t/pad_b/pad_l/pad_r pad a 2-D convolution differently before and after the input (they
+replace pad/pad_h/pad_w).
+
 Nothing here imports ``senet``.
 """
 
@@ -51,17 +55,34 @@ def _geometry(layer, shape: tuple[int, ...]) -> dict:
     g = {"axis": axis, "channels": shape[axis],
          "kernel": _per_axis(p, "kernel_size", n, None),
          "pad": _per_axis(p, "pad", n, 0), "stride": _per_axis(p, "stride", n, 1),
-         "dilation": _per_axis(p, "dilation", n, 1),
+         "dilation": _hole(p, n) or _per_axis(p, "dilation", n, 1),
          "group": int(get(p, "group", 1)), "num_output": int(get(p, "num_output", 0)),
          "bias_term": bool(get(p, "bias_term", True))}
     if min(g["kernel"]) <= 0 or min(g["stride"]) <= 0:
         raise ValueError(f"{_name(layer)}: kernel and stride must be positive")
+    g["pad_after"] = g["pad"]
+    before = (int(get(p, "pad_t", 0)), int(get(p, "pad_l", 0)))
+    after = (int(get(p, "pad_b", 0)), int(get(p, "pad_r", 0)))
+    if any(before + after):
+        if n != 2 or any(key in p for key in ("pad", "pad_h", "pad_w")):
+            raise ValueError(f"{_name(layer)}: pad_t/b/l/r are for 2-D and exclude pad")
+        g["pad"], g["pad_after"] = before, after
     return g
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Caffe's convolution output length: (size + 2p - (d(k-1)+1)) / s + 1, integer division."""
-    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+def _hole(p, n: int) -> tuple[int, ...] | None:
+    """DeepLab's hole per axis: hole_h/hole_w (each defaulting to 1), else hole; None if unset."""
+    if "hole_h" in p or "hole_w" in p:
+        return int(get(p, "hole_h", 1)), int(get(p, "hole_w", 1))
+    return (int(get(p, "hole")),) * n if "hole" in p else None
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
+                     pad_after: int | None = None) -> int:
+    """Caffe's convolution output length: (size + 2p - (d(k-1)+1)) / s + 1, integer division
+    (size + p + pad_after with Synopsys' padding after the input)."""
+    after = pad if pad_after is None else pad_after
+    out = (size + pad + after - dilation * (kernel - 1) - 1) // stride + 1
     if out <= 0:
         raise ValueError(f"convolution output size {out} <= 0 (input {size})")
     return out
@@ -74,10 +95,11 @@ def _batched(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _columns(x: np.ndarray, g: dict) -> tuple[np.ndarray, tuple[int, ...]]:
     """Strided view (num, C, *kernel, *out) of the zero-padded (num, C, spatial...) input."""
-    pads = ((0, 0), (0, 0)) + tuple((p, p) for p in g["pad"])
+    after = g.get("pad_after", g["pad"])
+    pads = ((0, 0), (0, 0)) + tuple(zip(g["pad"], after))
     xp = np.ascontiguousarray(np.pad(x, pads))
-    out = tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
-                zip(x.shape[2:], g["kernel"], g["stride"], g["pad"], g["dilation"]))
+    out = tuple(conv_output_size(s, k, st, p, d, a) for s, k, st, p, d, a in
+                zip(x.shape[2:], g["kernel"], g["stride"], g["pad"], g["dilation"], after))
     spatial = xp.strides[2:]
     strides = xp.strides[:2] + tuple(d * s for d, s in zip(g["dilation"], spatial)) \
         + tuple(st * s for st, s in zip(g["stride"], spatial))
@@ -125,6 +147,8 @@ def _convolution(layer, bottoms, params):
 
 def _deconvolution(layer, bottoms, params):
     def one(x, g):
+        if g["pad_after"] != g["pad"]:
+            raise NotImplementedError(f"{_name(layer)}: pad_t/b/l/r on Deconvolution")
         xb = _batched(x, g["axis"])
         n, groups, spatial = xb.shape[0], g["group"], xb.shape[2:]
         kernel, stride, dil, pad = g["kernel"], g["stride"], g["dilation"], g["pad"]

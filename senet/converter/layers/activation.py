@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from senet.converter.layers import LayerConverter, register
-from senet.converter.semantics import exp_factors, log_base_scale, power_constant
+from senet.converter.semantics import (
+    dropout_test_factor, exp_factors, log_base_scale, power_constant,
+)
 from senet.errors import ShapeError
 
 
@@ -74,13 +76,38 @@ class TanH(LayerConverter):
 
 @register("Dropout")
 class Dropout(LayerConverter):
-    """Caffe's Dropout scales at train time only, so at test time it is the identity."""
+    """Caffe's Dropout scales at train time only, so at test time it is the identity; with
+    py-faster-rcnn's scale_train: false it scales at test time instead (by 1 − ratio).
+    Bayesian SegNet's sample_weights_test (a new random mask on every test pass) is refused."""
+
+    def infer_shapes(self, layer, in_shapes):
+        if layer.param.dropout_param.sample_weights_test:
+            raise ShapeError("sample_weights_test: true (Bayesian SegNet's Monte Carlo dropout) "
+                             "draws a new random mask on every test pass, which no fixed model "
+                             "reproduces", layer=layer.name,
+                             hint="sample_weights_test: false gives the weight-averaged net")
+        return super().infer_shapes(layer, in_shapes)
+
+    @staticmethod
+    def _factor(layer) -> float | None:
+        p = layer.param.dropout_param
+        return dropout_test_factor(p.dropout_ratio, p.scale_train)
 
     def to_onnx(self, layer, g):
-        g.node("Identity", layer.bottoms, layer.tops)
+        factor = self._factor(layer)
+        if factor is None:
+            g.node("Identity", layer.bottoms, layer.tops)
+            return
+        g.node("Mul", [layer.bottoms[0], g.const(np.array(factor, np.float32),
+                                                 layer.name + "/scale")], layer.tops)
 
     def to_torch(self, layer, ctx):
-        ctx.define(layer.tops[0], ctx.value(layer.bottoms[0]))
+        import torch
+        factor = self._factor(layer)
+        if factor is None:
+            ctx.define(layer.tops[0], ctx.value(layer.bottoms[0]))
+            return
+        ctx.emit(layer.tops[0], torch.mul, ctx.value(layer.bottoms[0]), factor)
 
 
 @register("ELU")

@@ -5,6 +5,9 @@ for the N×C×spatial operators), every axis after it is spatial (1 to 3 of them
 stride and dilation are one value for every spatial axis or one per axis (`_h`/`_w` in 2-D).
 A Convolution or Deconvolution with several bottom/top pairs applies its one weight set to
 each bottom (Caffe requires the bottoms to have one shape).
+
+Fork fields: DeepLab v1's hole (hole_h/hole_w) is the dilation; the Synopsys fork's
+pad_t/pad_b/pad_l/pad_r pad a 2-D Convolution differently before and after the input.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    canonical_axis, conv_output_size, deconv_output_size, im2col_one_hot, spatial_param,
+    asymmetric_pads, canonical_axis, conv_output_size, deconv_output_size, deeplab_hole,
+    im2col_one_hot, spatial_param,
 )
 from senet.errors import ShapeError
 
@@ -31,10 +35,22 @@ class Window:
     pad: tuple[int, ...]
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
+    pad_after: tuple[int, ...] | None = None  # Synopsys' padding after the input, if not `pad`
+
+    @property
+    def after(self) -> tuple[int, ...]:
+        return self.pad if self.pad_after is None else self.pad_after
 
     def onnx_attrs(self) -> dict:
-        return {"kernel_shape": list(self.kernel), "pads": list(self.pad) * 2,
+        return {"kernel_shape": list(self.kernel), "pads": list(self.pad) + list(self.after),
                 "strides": list(self.stride), "dilations": list(self.dilation)}
+
+    def symmetric(self, layer) -> "Window":
+        """This window, refusing asymmetric padding (Synopsys pads only its Convolution)."""
+        if self.pad_after is not None:
+            raise ShapeError(f"pad_t/pad_b/pad_l/pad_r are supported on Convolution only, "
+                             f"not on {layer.type}", layer=layer.name)
+        return self
 
 
 def window(layer, in_shape) -> Window:
@@ -53,10 +69,30 @@ def window(layer, in_shape) -> Window:
     kernel = spatial_param(p, "kernel_size", n_spatial, 0, layer.name)
     pad = spatial_param(p, "pad", n_spatial, 0, layer.name)
     stride = spatial_param(p, "stride", n_spatial, 1, layer.name)
-    dilation = spatial_param(p, "dilation", n_spatial, 1, layer.name)
+    dilation = _dilation(p, n_spatial, layer.name)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         raise ShapeError("kernel, stride and dilation must be positive", layer=layer.name)
-    return Window(axis, in_shape[axis], kernel, pad, stride, dilation)
+    asymmetric = asymmetric_pads(p, layer.name)
+    if asymmetric is None:
+        return Window(axis, in_shape[axis], kernel, pad, stride, dilation)
+    if n_spatial != 2 or axis != 1:
+        raise ShapeError(f"pad_t/pad_b/pad_l/pad_r need an N×C×H×W input, got "
+                         f"{list(in_shape)} with channel axis {axis}", layer=layer.name)
+    before, after = asymmetric
+    return Window(axis, in_shape[axis], kernel, before, stride, dilation,
+                  None if after == before else after)
+
+
+def _dilation(p, n_spatial: int, layer: str) -> tuple[int, ...]:
+    """BVLC's dilation, or DeepLab v1's hole (the same thing); both given must agree."""
+    dilation = spatial_param(p, "dilation", n_spatial, 1, layer)
+    hole = deeplab_hole(p, n_spatial, layer)
+    if hole is None:
+        return dilation
+    if len(p.dilation) and dilation != hole:
+        raise ShapeError(f"dilation {list(dilation)} and hole {list(hole)} disagree",
+                         layer=layer)
+    return hole
 
 
 @dataclass(frozen=True)
@@ -140,31 +176,38 @@ class _Convolution(_Windowed):
     max_tops = None
     onnx_op = ""
     torch_fns = ()  # F.<op>1d, 2d, 3d names
+    pads_asymmetrically = False  # Synopsys' pad_t/pad_b/pad_l/pad_r
+
+    def spec(self, layer, in_shape) -> ConvSpec:
+        spec = conv_spec(layer, in_shape)
+        if not self.pads_asymmetrically:
+            spec.window.symmetric(layer)
+        return spec
 
     def weight_shape(self, spec: ConvSpec) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def spatial_size(self, size, kernel, pad, stride, dilation) -> int:
+    def spatial_size(self, size, kernel, pad, stride, dilation, pad_after) -> int:
         raise NotImplementedError
 
     def blob_shapes(self, layer, in_shapes):
-        spec = conv_spec(layer, in_shapes[0])
+        spec = self.spec(layer, in_shapes[0])
         return [self.weight_shape(spec)] + ([(spec.num_output,)] if spec.bias else [])
 
     def infer_shapes(self, layer, in_shapes):
         _check_pairs(layer, in_shapes)
         x = tuple(in_shapes[0])
-        spec = conv_spec(layer, x)
+        spec = self.spec(layer, x)
         w = spec.window
         spatial = tuple(self.spatial_size(*geometry) for geometry in
-                        zip(x[w.axis + 1:], w.kernel, w.pad, w.stride, w.dilation))
+                        zip(x[w.axis + 1:], w.kernel, w.pad, w.stride, w.dilation, w.after))
         if any(s <= 0 for s in spatial):
             raise ShapeError(f"input {list(x)} gives an empty output {list(spatial)}",
                              layer=layer.name)
         return [x[:w.axis] + (spec.num_output,) + spatial] * len(layer.tops)
 
     def to_onnx(self, layer, g):
-        spec = conv_spec(layer, g.shape(layer.bottoms[0]))
+        spec = self.spec(layer, g.shape(layer.bottoms[0]))
         _emitted_spatial_axes(layer, spec.window)
         inputs = [g.const(layer.blobs[0], layer.name + "/weight")]
         if spec.bias:
@@ -175,12 +218,18 @@ class _Convolution(_Windowed):
 
     def to_torch(self, layer, ctx):
         from torch.nn import functional as F
-        spec = conv_spec(layer, ctx.shape(layer.bottoms[0]))
+        spec = self.spec(layer, ctx.shape(layer.bottoms[0]))
         w = spec.window
         fn = getattr(F, self.torch_fns[_emitted_spatial_axes(layer, w) - 1])
         weight = ctx.parameter("weight", layer.blobs[0])
         bias = ctx.parameter("bias", layer.blobs[1]) if spec.bias else None
         for bottom, top in zip(layer.bottoms, layer.tops):
+            if w.pad_after is not None:  # PyTorch pads both sides alike: pad explicitly
+                padded = ctx.op(F.pad, ctx.value(bottom),
+                                (w.pad[1], w.pad_after[1], w.pad[0], w.pad_after[0]))
+                ctx.emit(top, fn, padded, weight, bias, stride=w.stride, dilation=w.dilation,
+                         groups=spec.group)
+                continue
             torch_on_channel_axis(ctx, w.axis, bottom, top, fn, weight, bias, stride=w.stride,
                                   padding=w.pad, dilation=w.dilation, groups=spec.group)
 
@@ -189,12 +238,13 @@ class _Convolution(_Windowed):
 class Convolution(_Convolution):
     onnx_op = "Conv"
     torch_fns = ("conv1d", "conv2d", "conv3d")
+    pads_asymmetrically = True
 
     def weight_shape(self, spec):
         return (spec.num_output, spec.window.channels // spec.group) + spec.window.kernel
 
-    def spatial_size(self, size, kernel, pad, stride, dilation):
-        return conv_output_size(size, kernel, pad, stride, dilation)
+    def spatial_size(self, size, kernel, pad, stride, dilation, pad_after):
+        return conv_output_size(size, kernel, pad, stride, dilation, pad_after)
 
 
 @register("Deconvolution")
@@ -209,7 +259,7 @@ class Deconvolution(_Convolution):
     def weight_shape(self, spec):
         return (spec.window.channels, spec.num_output // spec.group) + spec.window.kernel
 
-    def spatial_size(self, size, kernel, pad, stride, dilation):
+    def spatial_size(self, size, kernel, pad, stride, dilation, pad_after):
         return deconv_output_size(size, kernel, pad, stride, dilation)
 
 
@@ -223,7 +273,7 @@ class Im2col(_Windowed):
 
     def infer_shapes(self, layer, in_shapes):
         x = tuple(in_shapes[0])
-        w = window(layer, x)
+        w = window(layer, x).symmetric(layer)
         spatial = tuple(conv_output_size(*geometry) for geometry in
                         zip(x[w.axis + 1:], w.kernel, w.pad, w.stride, w.dilation))
         if any(s <= 0 for s in spatial):

@@ -1,5 +1,6 @@
 """Pooling (MAX with its optional argmax top, AVE) and SPP, with Caffe's ceil-and-clip output
-size, AVE divisor and empty windows."""
+size, AVE divisor and empty windows; and the Synopsys fork's asymmetric pad_t/pad_b/pad_l/pad_r
+and AVE_EXC_PAD, and the forks' ceil_mode."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    PoolGeometry, ave_pool_divisors, pool_geometry, pool_output_size, spatial_param,
-    spp_level_window, without_empty_windows,
+    PoolGeometry, asymmetric_pads, ave_pool_divisors, pool_geometry, pool_output_size,
+    pool_rounds_up, spatial_param, spp_level_window, without_empty_windows,
 )
 from senet.errors import ShapeError
 
@@ -28,6 +29,7 @@ class Pool:
     h: PoolGeometry
     w: PoolGeometry
     is_global: bool = False
+    exclude_pad: bool = False  # Synopsys' AVE_EXC_PAD: divide by the cells inside the input
 
     @property
     def empty_value(self) -> float:
@@ -36,7 +38,10 @@ class Pool:
         return -FLT_MAX if self.is_max else float("nan")
 
 
-def _geometries(in_shape, kernel, pad, stride, ceil_mode, layer) -> tuple[PoolGeometry, ...]:
+def _geometries(in_shape, kernel, pad, stride, ceil_mode, layer,
+                after=None) -> tuple[PoolGeometry, ...]:
+    """Both axes' geometry; `after`: the padding after the input when it differs from `pad`
+    (Synopsys), else None."""
     if len(in_shape) != 4:
         raise ShapeError(f"pooling needs a 4-D input, got {list(in_shape)}", layer=layer)
     if min(kernel) <= 0 or min(stride) <= 0:
@@ -44,9 +49,10 @@ def _geometries(in_shape, kernel, pad, stride, ceil_mode, layer) -> tuple[PoolGe
     if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
         raise ShapeError(f"pooling pad {list(pad)} must be smaller than the kernel "
                          f"{list(kernel)}", layer=layer)
-    any_pad = bool(pad[0] or pad[1])
-    geoms = tuple(pool_geometry(size, k, p, s, ceil_mode, any_pad)
-                  for size, k, p, s in zip(in_shape[2:], kernel, pad, stride))
+    after = after or pad
+    any_pad = bool(pad[0] or pad[1] or after[0] or after[1])
+    geoms = tuple(pool_geometry(size, k, p, s, ceil_mode, any_pad, a)
+                  for size, k, p, s, a in zip(in_shape[2:], kernel, pad, stride, after))
     if geoms[0].output <= 0 or geoms[1].output <= 0:
         raise ShapeError(f"input {list(in_shape)} is smaller than the pooling kernel",
                          layer=layer)
@@ -58,19 +64,24 @@ def pool_of(layer, in_shape) -> Pool:
     p = layer.param.pooling_param
     if p.pool == p.STOCHASTIC:
         raise ShapeError(STOCHASTIC_REFUSED, layer=layer.name)
-    is_max = p.pool == p.MAX
+    is_max, exclude_pad = p.pool == p.MAX, p.pool == p.AVE_EXC_PAD
+    asymmetric = asymmetric_pads(p, layer.name)
     if p.global_pooling:
         if len(in_shape) != 4:
             raise ShapeError(f"pooling needs a 4-D input, got {list(in_shape)}",
                              layer=layer.name)
+        if asymmetric:
+            raise ShapeError("global pooling takes no padding", layer=layer.name)
         height, width = in_shape[2], in_shape[3]
         return Pool(is_max, pool_geometry(height, height, 0, 1, True),
-                    pool_geometry(width, width, 0, 1, True), is_global=True)
+                    pool_geometry(width, width, 0, 1, True), is_global=True,
+                    exclude_pad=exclude_pad)
     kernel = spatial_param(p, "kernel_size", 2, 0, layer.name)
-    pad = spatial_param(p, "pad", 2, 0, layer.name)
+    pad, after = asymmetric or (spatial_param(p, "pad", 2, 0, layer.name), None)
     stride = spatial_param(p, "stride", 2, 1, layer.name)
-    gh, gw = _geometries(in_shape, kernel, pad, stride, p.round_mode == p.CEIL, layer.name)
-    return Pool(is_max, gh, gw)
+    gh, gw = _geometries(in_shape, kernel, pad, stride, pool_rounds_up(p, layer.name),
+                         layer.name, after)
+    return Pool(is_max, gh, gw, exclude_pad=exclude_pad)
 
 
 def spp_levels(layer, in_shape) -> list[Pool]:
@@ -126,6 +137,11 @@ def pool_to_onnx(g, pool: Pool, x: str, out: str, mask: str | None = None) -> No
         if mask:
             argmax = g.tmp(mask + "/argmax") if any(empty) else mask
             _onnx_plane_index(g, indices[0], argmax, th.input_extent * tw.input_extent)
+    elif pool.exclude_pad:
+        # count_include_pad=0 over implicit pads divides by the cells inside the input
+        g.node("AveragePool", [x], [pooled], kernel_shape=[th.kernel, tw.kernel],
+               strides=[th.stride, tw.stride], pads=[th.pad, tw.pad, th.pad_end, tw.pad_end],
+               count_include_pad=0)
     else:
         _onnx_ave(g, x, pooled, th, tw)
     if any(empty):
@@ -147,17 +163,17 @@ def _onnx_append_windows(g, x: str, out: str, counts: tuple[int, int], value: fl
 
 
 def _onnx_ave(g, x: str, out: str, gh: PoolGeometry, gw: PoolGeometry) -> None:
-    # Caffe divides by the window clipped to the padded input [-pad, size+pad). Zero padding
-    # made explicit counts those cells; the extra ceil-mode cells past it are excluded by
-    # count_include_pad=0.
-    if gh.pad or gw.pad:
+    # Caffe divides by the window clipped to the padded input [-pad, size+pad_after). Zero
+    # padding made explicit counts those cells; the extra ceil-mode cells past it are excluded
+    # by count_include_pad=0.
+    if gh.pad or gw.pad or gh.after or gw.after:
         padded = g.tmp(out + "/padded")
-        g.node("Pad", [x, g.ints([0, 0, gh.pad, gw.pad, 0, 0, gh.pad, gw.pad],
+        g.node("Pad", [x, g.ints([0, 0, gh.pad, gw.pad, 0, 0, gh.after, gw.after],
                                  out + "/pads")], [padded])
         x = padded
     g.node("AveragePool", [x], [out], kernel_shape=[gh.kernel, gw.kernel],
            strides=[gh.stride, gw.stride],
-           pads=[0, 0, max(0, gh.pad_end - gh.pad), max(0, gw.pad_end - gw.pad)],
+           pads=[0, 0, max(0, gh.pad_end - gh.after), max(0, gw.pad_end - gw.after)],
            count_include_pad=0)
 
 
@@ -184,6 +200,8 @@ def pool_to_torch(ctx, pool: Pool, x, want_mask: bool = False, top: str | None =
             value = make(torch.ops.senet.global_avg_pool.default, x)
     elif pool.is_max:
         value, mask = _torch_max(ctx, make, x, th, tw, want_mask)
+    elif pool.exclude_pad or th.pad_after is not None or tw.pad_after is not None:
+        value = _torch_window_sums(ctx, make, x, th, tw, pool.exclude_pad)
     else:
         value = _torch_ave(ctx, make, x, th, tw)
     if any(empty):
@@ -251,6 +269,19 @@ def _torch_ave(ctx, make, x, gh: PoolGeometry, gw: PoolGeometry):
         return make(F.avg_pool2d, x, kernel, stride, ceil_mode=True, count_include_pad=False)
     pooled = ctx.op(F.avg_pool2d, x, kernel, stride, ceil_mode=True, count_include_pad=False)
     return make(operator.getitem, pooled, (Ellipsis, slice(0, gh.output), slice(0, gw.output)))
+
+
+def _torch_window_sums(ctx, make, x, gh: PoolGeometry, gw: PoolGeometry, exclude_pad: bool):
+    """Caffe's AVE as each window's sum over the zero-padded input divided by its divisor
+    (a constant): any padding, AVE_EXC_PAD's divisor as well as AVE's."""
+    import torch
+    from torch.nn import functional as F
+    x = ctx.op(F.pad, x, (gw.pad, gw.pad_end, gh.pad, gh.pad_end))
+    sums = ctx.op(F.avg_pool2d, x, (gh.kernel, gw.kernel), (gh.stride, gw.stride),
+                  divisor_override=1)
+    sums = ctx.op(operator.getitem, sums, (Ellipsis, slice(0, gh.output), slice(0, gw.output)))
+    divisors = ave_pool_divisors(gh, gw, exclude_pad).astype(np.float32)
+    return make(torch.div, sums, ctx.buffer("divisors", divisors))
 
 
 # ----------------------------------------------------------------------------- layers
