@@ -251,7 +251,17 @@ def _selu(layer, bottoms, params):
     return [scale * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))]
 
 
+def _mul(layer, bottoms, params):
+    """mul_layer.cpp: each top index maps to both bottoms with size-1 axes held at 0."""
+    if len(bottoms) != 2:
+        raise ValueError(f"{_name(layer)}: the reference covers two-bottom Mul only")
+    a, b = bottoms
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    return [np.broadcast_to(a, shape) * np.broadcast_to(b, shape)]
+
+
 register_layer("BN", _bn, _bn_shapes)
+register_layer("Mul", _mul)
 register_layer("Interp", _interp)
 register_layer("Upsample", _upsample)
 register_layer("ShuffleChannel", _shuffle_channel)

@@ -1,11 +1,12 @@
 """Element-wise layers of the Caffe forks: ReLU6, HardSwish (Synopsys), Mish (YOLOv4 ports,
-Synopsys) and SeLu."""
+Synopsys), SeLu, and Synopsys' broadcasting Mul."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from senet.converter.layers import LayerConverter, register
+from senet.errors import ShapeError
 
 # torch's SELU constants (SELU paper); the forks hard-code the same two numbers
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -77,3 +78,37 @@ class SeLu(LayerConverter):
     def to_torch(self, layer, ctx):
         from torch.nn import functional as F
         ctx.emit(layer.tops[0], F.selu, ctx.value(layer.bottoms[0]))
+
+
+def broadcast_shape(a, b, layer) -> tuple[int, ...]:
+    """Synopsys Mul's output shape: the shapes aligned at their last axis, each pair of sizes
+    equal or one of them 1 (NumPy's broadcasting, as mul_layer.cpp checks it)."""
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
+        raise ShapeError(f"Mul bottoms {list(a)} and {list(b)} do not broadcast (sizes must "
+                         "be equal or 1)", layer=layer.name) from None
+
+
+@register("Mul", origin="Synopsys Caffe (mul_layer.cpp), two bottoms")
+class Mul(LayerConverter):
+    """y = bottom[0] · bottom[1] with broadcasting. The fork's one-bottom form multiplies by
+    a learned blob of mul_param.mul_shape, a field senet's schema lacks: not supported."""
+
+    min_bottoms = max_bottoms = 2
+
+    def infer_shapes(self, layer, in_shapes):
+        if layer.param.top[0] in layer.param.bottom:
+            raise ShapeError("Mul cannot run in place (the fork refuses it)", layer=layer.name)
+        return [broadcast_shape(in_shapes[0], in_shapes[1], layer)]
+
+    def keeps_batch(self, layer, in_shapes, out_shapes, batch):
+        return all(len(s) == len(out_shapes[0]) for s in in_shapes) and super().keeps_batch(
+            layer, in_shapes, out_shapes, batch)
+
+    def to_onnx(self, layer, g):
+        g.node("Mul", layer.bottoms, layer.tops)
+
+    def to_torch(self, layer, ctx):
+        import torch
+        ctx.emit(layer.tops[0], torch.mul, *[ctx.value(b) for b in layer.bottoms])
