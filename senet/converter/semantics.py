@@ -686,7 +686,10 @@ def bn_inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
 
 def _is_set(param, name: str) -> bool:
     field = param.DESCRIPTOR.fields_by_name[name]
-    if field.label == field.LABEL_REPEATED:
+    # protobuf 7 has is_repeated only; older versions have label only
+    repeated = (field.is_repeated if hasattr(field, "is_repeated")
+                else field.label == field.LABEL_REPEATED)
+    if repeated:
         return len(getattr(param, name)) > 0
     return param.HasField(name)
 

@@ -18,7 +18,7 @@ from tests.conftest import require_shared
 from tests.converter.harness import convert, reference, rel_error, run_onnx, write_net
 from tests.converter.test_layers import net_text
 from tests.reference import random_weights
-from tests.reference.caffe_forward import run_net
+from tests.reference.caffe_forward import _LAYERS, run_net
 from tests.reference.prototxt_text import parse_prototxt
 from tests.reference.random_weights import _coarse
 
@@ -301,13 +301,30 @@ def _bn_weights(layer, bottoms, shapes, rng):
             mean.astype(np.float32), var.astype(np.float32)]
 
 
+def _unit_conv_weights(layer, bottoms, shapes, rng):
+    """He-normal convolution weights rescaled so that the output has std 1: nets without
+    normalisation whose squeeze-excite Mul compounds scales (MobileNetV3) stay finite."""
+    blobs = random_weights._conv(layer, bottoms, shapes, rng)
+    y = _LAYERS["Convolution"](layer, bottoms, [b.astype(np.float64) for b in blobs])[0]
+    std = float(y.std())
+    if std > 0:
+        blobs[0] = (blobs[0] * _coarse(1.0 / std)).astype(np.float32)
+    return blobs
+
+
 @pytest.fixture
 def fork_weights(monkeypatch):
-    """tests.reference.random_weights.make_weights, also for the fork layers with blobs."""
+    """tests.reference.random_weights.make_weights, also for the fork layers with blobs;
+    `unit_conv=True` rescales every Convolution to a unit-std output."""
     monkeypatch.setitem(random_weights._GENERATORS, "BN", _bn_weights)
     for kind in ("ConvolutionDepthwise", "DepthwiseConvolution"):
         monkeypatch.setitem(random_weights._GENERATORS, kind, random_weights._conv)
-    return random_weights.make_weights
+
+    def make(net, shapes, seed, unit_conv=False):
+        if unit_conv:
+            monkeypatch.setitem(random_weights._GENERATORS, "Convolution", _unit_conv_weights)
+        return random_weights.make_weights(net, shapes, seed)
+    return make
 
 
 # zoo net -> its input blob; every net is read as committed (its own input shape)
@@ -318,7 +335,9 @@ ZOO = {
     "attention92": "data",              # PSPNet-style BN, Interp sized by a second bottom
     "pspnet50_ade20k": "data",          # PSPNet BN, Interp (zoom, height/width)
     "yolov3_spp": "data",               # nearest Upsample
+    "mobilenet_v3_large_snps": "input",  # HardSwish, Mul (Synopsys); unit-std convolutions
 }
+UNIT_CONV = {"mobilenet_v3_large_snps"}
 ZOO_TOL = 1e-4  # the issue's bound for whole networks
 
 
@@ -328,7 +347,8 @@ def test_zoo_net_matches_reference(tmp_path, zoo_net, fork_weights):
     text = require_shared("caffe_zoo", zoo_net, "deploy.prototxt").read_text()
     net = senet.load_caffe(None, require_shared("caffe_zoo", zoo_net, "deploy.prototxt"))
     shape = net.inputs[ZOO[zoo_net]]
-    weights = fork_weights(parse_prototxt(text), {ZOO[zoo_net]: shape}, seed=len(zoo_net))
+    weights = fork_weights(parse_prototxt(text), {ZOO[zoo_net]: shape}, seed=len(zoo_net),
+                           unit_conv=zoo_net in UNIT_CONV)
     proto, model = write_net(tmp_path, text, weights)
     x = random_weights.make_input(shape, seed=3)
     ref = reference(text, weights, {ZOO[zoo_net]: x})
