@@ -685,13 +685,8 @@ def bn_inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
 # Dropout scale_train (caffe-fast-rcnn dropout_layer.cpp).
 
 def _is_set(param, name: str) -> bool:
-    field = param.DESCRIPTOR.fields_by_name[name]
-    # protobuf 7 has is_repeated only; older versions have label only
-    repeated = (field.is_repeated if hasattr(field, "is_repeated")
-                else field.label == field.LABEL_REPEATED)
-    if repeated:
-        return len(getattr(param, name)) > 0
-    return param.HasField(name)
+    value = getattr(param, name)
+    return len(value) > 0 if hasattr(value, "__len__") else param.HasField(name)
 
 
 def asymmetric_pads(param, layer: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
