@@ -144,11 +144,9 @@ def nearest_scale(layer, in_shape) -> int:
     if given:
         raise ShapeError(f"Upsample with {', '.join(given)} is SegNet's unpooling and needs "
                          "the Pooling mask as bottom[1]", layer=layer.name)
-    scale = p.scale
-    if scale < 1 or scale != int(scale):
-        raise ShapeError(f"nearest Upsample needs a positive integer scale, got {scale}",
-                         layer=layer.name)
-    return int(scale)
+    if p.scale < 1:
+        raise ShapeError("nearest Upsample needs a positive scale", layer=layer.name)
+    return int(p.scale)
 
 
 @register("Upsample", origin="SegNet (alexgkendall/caffe-segnet) with a mask bottom; "
