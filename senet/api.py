@@ -12,7 +12,7 @@ Importing this module does not import torch; the torch targets import it when us
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from senet.converter.describe import describe
@@ -29,27 +29,33 @@ TARGETS = {"onnx": ".onnx", "torch": ".pt2", "safetensors": ".safetensors",
 
 PathLike = str | os.PathLike
 Shape = Sequence[int]
+InputShape = Shape | Mapping[str, Shape]
+"""The shape of a net's only input, or shapes by input name ({"data": (1, 3, 368, 368)})."""
 
 
 def load_caffe(model: PathLike | None = None, prototxt: PathLike | None = None, *,
-               input_shape: Shape | None = None, allow_unknown_fields: bool = False,
+               input_shape: InputShape | None = None, allow_unknown_fields: bool = False,
                warn: Callable[[str], None] | None = None) -> CaffeNet:
     """A Caffe net as senet's IR: structure from `prototxt` (or, without one, the net stored
     in `model`), weights from the `model` .caffemodel, deploy layers only, every blob shaped.
 
     With only a prototxt, learned blobs are zeros of the right shapes (for inspecting).
-    `input_shape` replaces the input's shape (the batch included); `warn` receives warnings
-    (default: none are shown)."""
+    `input_shape` replaces the input's shape (the batch included), or, as a dict, the shapes
+    of inputs by name; `warn` receives warnings (default: none are shown)."""
     return load_net(_str(model), _str(prototxt), _shape(input_shape), allow_unknown_fields,
                     warn=warn, weights_optional=model is None)
 
 
 def inspect(model: PathLike | None = None, prototxt: PathLike | None = None, *,
-            input_shape: Shape | None = None, allow_unknown_fields: bool = False,
+            input_shape: InputShape | None = None, allow_unknown_fields: bool = False,
             warn: Callable[[str], None] | None = None) -> str:
     """The table ``senet-convert --inspect`` prints: layers, shapes, parameters and the
-    published model the net is recognised as."""
+    published model the net is recognised as. A text prototxt given as `model` is read
+    alone, as `prototxt` (its learned blobs are zeros of the right shapes)."""
+    from senet.converter.prototxt import is_prototxt_file
     from senet.manifest import recognise
+    if model is not None and prototxt is None and is_prototxt_file(model):
+        model, prototxt = None, model
     net = load_caffe(model, prototxt, input_shape=input_shape,
                      allow_unknown_fields=allow_unknown_fields, warn=warn)
     entry = recognise(net)
@@ -58,7 +64,7 @@ def inspect(model: PathLike | None = None, prototxt: PathLike | None = None, *,
 
 def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *,
             prototxt: PathLike | None = None, outputs: Sequence[str] | None = None,
-            opset: int | None = None, fold: bool = True, input_shape: Shape | None = None,
+            opset: int | None = None, fold: bool = True, input_shape: InputShape | None = None,
             timm_exact: bool = False, expect_model: str | None = None,
             allow_unknown_fields: bool = False, progress: Progress | None = None,
             warn: Callable[[str], None] | None = None) -> Path:
@@ -118,7 +124,7 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
 
 def to_torch(net_or_path: CaffeNet | PathLike, *, prototxt: PathLike | None = None,
              outputs: Sequence[str] | None = None, fold: bool = True, fuse: bool = True,
-             dtype=None, input_shape: Shape | None = None):
+             dtype=None, input_shape: InputShape | None = None):
     """A net (or the .caffemodel at a path) as a torch.fx GraphModule in eval mode: one
     tensor out for one output, else a tuple in the order of `outputs` (default: the blobs
     nothing consumes). `fold` folds BatchNorm+Scale into convolutions, `fuse` fuses
@@ -162,12 +168,19 @@ def _str(path: PathLike | None) -> str | None:
     return None if path is None else os.fspath(path)
 
 
-def _shape(shape: Shape | None) -> tuple[int, ...] | None:
+def _shape(shape: Shape | Mapping[str, Shape] | None):
+    """A checked shape, or a dict of checked shapes by input name."""
     if shape is None:
         return None
+    if isinstance(shape, Mapping):
+        return {str(name): _dims(dims, f"{name}=") for name, dims in shape.items()}
+    return _dims(shape, "")
+
+
+def _dims(shape: Shape, prefix: str) -> tuple[int, ...]:
     dims = tuple(int(d) for d in shape)
     if not dims or any(d <= 0 for d in dims):
-        raise UsageError(f"--input-shape {','.join(map(str, shape))} needs positive "
+        raise UsageError(f"--input-shape {prefix}{','.join(map(str, shape))} needs positive "
                          "dimensions")
     return dims
 

@@ -8,6 +8,7 @@ stderr (``senet-convert: error: ...``); --debug shows the traceback instead.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -69,14 +70,38 @@ class _Verify(_Program):
     interrupted = "interrupted; rerun the same command to resume from the predictions cache"
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """The integers of --input-shape; senet.api checks they make a shape."""
-    if text is None:
+def _parse_shape(values: tuple[str, ...]):
+    """--input-shape as given: None, one shape (N,C,H,W, or NxCxHxW) for a net with one
+    input, or shapes by input name from NAME=DIMS entries (repeated, or joined with ';' or
+    ','); senet.api checks the numbers make shapes."""
+    if not values:
         return None
+    if not any("=" in value for value in values):
+        if len(values) > 1:
+            raise UsageError("--input-shape given twice without input names",
+                             hint="name each input: --input-shape data=1,3,224,224")
+        return _dims(values[0], values[0])
+    named: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        for entry in _NAMED_SPLIT.split(value.strip()):
+            name, sep, dims = entry.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--input-shape '{value}': '{entry}' is not NAME=N,C,H,W")
+            if name in named:
+                raise UsageError(f"--input-shape gives '{name}' twice")
+            named[name] = _dims(dims, value)
+    return named
+
+
+# Between NAME=DIMS entries: ';', blanks, or a ',' followed by the next NAME=.
+_NAMED_SPLIT = re.compile(r"[;\s]+|,(?=[^,;=\s]+=)")
+
+
+def _dims(text: str, value: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.replace("x", ",").split(","))
     except ValueError:
-        raise UsageError(f"--input-shape '{text}' is not N,C,H,W integers") from None
+        raise UsageError(f"--input-shape '{value}' is not N,C,H,W integers") from None
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -101,8 +126,10 @@ def _warn(message: str) -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 17).")
 @click.option("--outputs", default=None,
               help="Comma-separated Caffe blob names to expose (default: blobs nothing consumes).")
-@click.option("--input-shape", default=None, help="N,C,H,W of the input (default: the net's, "
-              "or 1,3,224,224 for a net stored with a data layer).")
+@click.option("--input-shape", multiple=True, metavar="[NAME=]N,C,H,W",
+              help="Shape of the input (default: the net's; 1,3,224,224 where nothing declares "
+              "it). NAME=N,C,H,W sets the input NAME; repeat it (or join with ';') for nets "
+              "with several inputs.")
 @click.option("--allow-unknown-fields", is_flag=True,
               help="Skip prototxt fields senet's schema lacks (with a warning).")
 @click.option("--no-fold", is_flag=True,

@@ -281,9 +281,12 @@ def parse_caffemodel_bytes(buf, path: str = "<bytes>") -> CaffeFile:
     except CaffeFormatError:
         # Only bytes that are no binary net are sniffed for text: a binary net can start
         # like text (a name of 35 bytes is stored as "\n#<name>").
-        if _looks_like_prototxt(buf[:64]):
-            raise CaffeFormatError("a text prototxt, not a binary .caffemodel", where=path,
-                                   hint="pass it with --prototxt") from None
+        from senet.converter.prototxt import looks_like_prototxt
+        if looks_like_prototxt(buf[:64]):
+            raise CaffeFormatError("a text prototxt, not a binary .caffemodel: it holds no "
+                                   "weights to convert", where=path,
+                                   hint="pass it with --prototxt beside the .caffemodel; "
+                                        "--inspect reads a prototxt alone") from None
         raise
 
 
@@ -322,11 +325,6 @@ def _reject_hdf5(head: bytes, path: str) -> None:
         raise CaffeFormatError("an HDF5 snapshot (snapshot_format: HDF5), not a binary "
                                ".caffemodel", where=path,
                                hint="senet reads the protobuf format Caffe writes by default")
-
-
-def _looks_like_prototxt(head: bytes) -> bool:
-    text = bytes(head).lstrip()
-    return text[:5] in (b"name:", b"layer", b"input") or text.startswith(b"#")
 
 
 def _read_layer(buf, start, end, path, index) -> RawLayer:

@@ -13,25 +13,27 @@ import numpy as np
 from senet.converter.caffe_reader import CaffeFile, read_caffemodel
 from senet.converter.graph import CaffeNet, assign_ssa_names
 from senet.converter.layers import converter_for
-from senet.converter.passes import deploy_layers, remove_splits
+from senet.converter.passes import DEFAULT_INPUT_SHAPE, Shapes, deploy_layers, remove_splits
 from senet.converter.prototxt import read_prototxt
 from senet.errors import ShapeError, UnsupportedLayerError, UsageError
 
 
 def load_net(caffemodel: str | None = None, prototxt: str | None = None,
-             input_shape: tuple[int, ...] | None = None, allow_unknown_fields: bool = False,
+             input_shape: Shapes = None, allow_unknown_fields: bool = False,
              warn=None, weights_optional: bool = False) -> CaffeNet:
     """Read, assemble, check and shape a net; every problem is a SenetError.
 
-    With ``weights_optional`` a layer without stored blobs gets read-only zero blobs of the
-    right shapes (no memory is allocated for them): for inspecting a bare prototxt.
+    `input_shape` is the shape of the net's only input, or a dict of shapes by input name;
+    it replaces what the file declares. With ``weights_optional`` a layer without stored
+    blobs gets read-only zero blobs of the right shapes (no memory is allocated for them):
+    for inspecting a bare prototxt. `warn(message)` hears of inputs given the default shape.
     """
     if caffemodel is None and prototxt is None:
         raise UsageError("nothing to read: give a .caffemodel and/or a .prototxt")
     weights = read_caffemodel(caffemodel) if caffemodel else None
     structure = (read_prototxt(prototxt, allow_unknown_fields, warn) if prototxt
                  else weights)
-    net = assemble(structure, weights, input_shape, weights_optional)
+    net = assemble(structure, weights, input_shape, weights_optional, warn)
     if structure is weights and warn:
         _warn_unknown_fields(weights, {layer.name for layer in net.layers}, warn)
     return net
@@ -51,10 +53,14 @@ def _warn_unknown_fields(weights: CaffeFile, used: set[str], warn, shown: int = 
          " (give the fork's prototxt with --prototxt to use it instead)")
 
 
-def assemble(structure: CaffeFile, weights: CaffeFile | None,
-             input_shape: tuple[int, ...] | None, weights_optional: bool = False) -> CaffeNet:
+def assemble(structure: CaffeFile, weights: CaffeFile | None, input_shape: Shapes,
+             weights_optional: bool = False, warn=None) -> CaffeNet:
     inputs, layers, defaulted = deploy_layers(structure, input_shape)
     _check_supported(layers)
+    if defaulted and warn:
+        warn(f"{structure.path}: nothing declares the shape of input(s) "
+             + ", ".join(f"'{n}'" for n in defaulted) + "; using "
+             + ",".join(map(str, DEFAULT_INPUT_SHAPE)) + " (pass --input-shape NAME=N,C,H,W)")
     stored = weights.layers if weights is not None else []
     by_name = {raw.param.name: raw for raw in stored}
     sources = [raw if raw.blobs or weights is None else by_name.get(raw.param.name, raw)
@@ -72,18 +78,33 @@ def assemble(structure: CaffeFile, weights: CaffeFile | None,
     except ShapeError as error:
         if not defaulted or error.hint:
             raise
-        shape = ",".join(map(str, inputs[defaulted[0]]))
+        name = defaulted[0]
+        shape = ",".join(map(str, inputs[name]))
         raise ShapeError(error.what, where=error.where, layer=error.layer,
-                         hint=f"the input '{defaulted[0]}' of the stored data layer was given "
-                              f"the default shape {shape}; pass --input-shape N,C,H,W") from None
+                         hint=f"nothing declares the shape of the input '{name}', it was given "
+                              f"the default {shape}; pass --input-shape {name}=N,C,H,W"
+                         ) from None
     return remove_splits(net)
 
 
 def _check_supported(layers) -> None:
-    missing = [f"{raw.param.name} ({raw.param.type})" for raw in layers
-               if converter_for(raw.param.type) is None]
+    """Every layer without a converter, named at once (a Python layer by module.layer)."""
+    missing = [raw.param for raw in layers if converter_for(raw.param.type) is None]
     if missing:
-        raise UnsupportedLayerError("unsupported Caffe layers: " + ", ".join(missing))
+        types = list(dict.fromkeys(p.type for p in missing))
+        raise UnsupportedLayerError(
+            "unsupported Caffe layers: " + ", ".join(f"{p.name} ({_described_type(p)})"
+                                                     for p in missing),
+            hint="a converter for a type is one class registered with "
+                 + ", ".join(f'@senet.converter.register("{t}")' for t in types[:3])
+                 + ("; a Python layer's converter reads layer.param.python_param"
+                    if "Python" in types else ""))
+
+
+def _described_type(p) -> str:
+    if p.type == "Python":
+        return f"Python {p.python_param.module}.{p.python_param.layer}"
+    return p.type
 
 
 def _infer_shapes_and_check_blobs(net: CaffeNet, legacy: list[list[bool]],

@@ -20,23 +20,34 @@ from senet.errors import CaffeFormatError, UsageError
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 
+# Layers that read a data set (BVLC's, and the forks': SegNet's DenseImageData, DeepLab's
+# ImageSegData, SSD's AnnotatedData); a Python layer without bottoms is one too.
 _DATA_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData",
-               "AnnotatedData", "Python", "VideoData"}
+               "AnnotatedData", "VideoData", "DenseImageData", "ImageSegData"}
 _TRAINING_ONLY = {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss",
                   "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss",
-                  "MultiBoxLoss", "HDF5Output"}
+                  "MultiBoxLoss", "HDF5Output", "SegAccuracy", "MatWrite"}
+
+Shapes = tuple[int, ...] | dict[str, tuple[int, ...]] | None
 
 
-def _phase_included(param: pb.LayerParameter) -> bool:
-    """Caffe's NetState rules for a TEST net (level 0, no stages)."""
+def _state(net: pb.NetParameter) -> tuple[int, set[str]]:
+    """Level and stages of the net's TEST state: what the file's `state` declares."""
+    return net.state.level, set(net.state.stage)
+
+
+def _phase_included(param: pb.LayerParameter, level: int = 0,
+                    stages: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Caffe's NetState rules (StateMeetsRule) for a TEST net of this level and stages."""
     def meets(rule: pb.NetStateRule) -> bool:
         if rule.HasField("phase") and rule.phase != pb.TEST:
             return False
-        if rule.HasField("min_level") and 0 < rule.min_level:
+        if rule.HasField("min_level") and level < rule.min_level:
             return False
-        if rule.HasField("max_level") and 0 > rule.max_level:
+        if rule.HasField("max_level") and level > rule.max_level:
             return False
-        return not rule.stage  # a required stage is never present
+        return (all(s in stages for s in rule.stage)
+                and not any(s in stages for s in rule.not_stage))
     # LayerParameter.phase is run-time state Caffe writes into snapshots (TRAIN for a training
     # snapshot), not a rule, so it is ignored here.
     if param.include:
@@ -46,91 +57,140 @@ def _phase_included(param: pb.LayerParameter) -> bool:
     return True
 
 
-def deploy_layers(cf: CaffeFile, input_shape: tuple[int, ...] | None
+def _is_data_layer(p: pb.LayerParameter) -> bool:
+    return p.type in _DATA_TYPES or (p.type == "Python" and not p.bottom)
+
+
+def deploy_layers(cf: CaffeFile, input_shape: Shapes
                   ) -> tuple[dict[str, tuple[int, ...]], list[RawLayer], list[str]]:
     """The deploy net of a file: its inputs (name → shape), the layers of the TEST net (Caffe's
-    NetState rules) that compute from them, and the inputs whose shape was defaulted.
+    NetState rules, the file's `state`) that compute from them, and the inputs whose shape
+    was defaulted (nothing in the file declares it).
 
-    Data layers become inputs (of `input_shape`, the crop size, or the default shape); loss,
-    accuracy and other training-only layers, and whatever reads labels, are dropped. Unlike
-    the IR passes this one works on the file's raw layers, before SSA names are given, since
-    it decides what the inputs are. `cf` is not changed; the kept layers are its own.
+    Data layers become inputs (of the declared or crop size, else the default shape); loss,
+    accuracy and other training-only layers, and whatever reads labels, are dropped, and so
+    is a data layer's input that nothing kept reads. `input_shape` replaces the shape of the
+    only input (a tuple) or of inputs by name (a dict). Unlike the IR passes this one works
+    on the file's raw layers, before SSA names are given, since it decides what the inputs
+    are. `cf` is not changed; the kept layers are its own.
     """
-    inputs: dict[str, tuple[int, ...]] = {}
-    net = cf.net
-    for i, name in enumerate(net.input):
-        if i < len(net.input_shape):
-            shape = tuple(net.input_shape[i].dim)
-        elif len(net.input_dim) >= 4 * (i + 1):
-            shape = tuple(net.input_dim[4 * i:4 * i + 4])
-        else:
-            shape = input_shape or DEFAULT_INPUT_SHAPE
-        inputs[name] = shape
-    dropped_blobs: set[str] = set()
+    level, stages = _state(cf.net)
+    inputs = _net_inputs(cf.net)
+    from_data: set[str] = set()
+    dropped: set[str] = set()
     kept = []
-    defaulted: list[str] = []
-    # A training snapshot holds only TRAIN-phase data layers: they still name the image input.
-    data_layers = [raw for raw in cf.layers if raw.param.type in _DATA_TYPES]
-    chosen_data = [raw for raw in data_layers if _phase_included(raw.param)] or data_layers[:1]
+    # A training snapshot holds only TRAIN-phase data layers: they still name the image input,
+    # unless the net declares its inputs (U-Net's input_dim beside a TRAIN-only HDF5Data).
+    data_layers = [raw for raw in cf.layers if _is_data_layer(raw.param)]
+    chosen = [raw for raw in data_layers if _phase_included(raw.param, level, stages)]
+    if not chosen and not inputs and not any(raw.param.type == "Input" for raw in cf.layers):
+        chosen = data_layers[:1]
     for raw in cf.layers:
         p = raw.param
-        if p.type in _DATA_TYPES:
-            if raw in chosen_data and p.top:
-                image = _image_top(p)
-                inputs[image] = _data_layer_shape(p, input_shape)
-                if input_shape is None and not p.transform_param.crop_size:
-                    defaulted.append(image)
-                dropped_blobs.update(t for t in p.top if t != image)
+        if _is_data_layer(p):
+            if raw in chosen and p.top:
+                data = _data_tops(p)
+                for top in data:
+                    inputs[top] = _data_layer_shape(p, top)
+                from_data.update(data)
+                dropped.update(t for t in p.top if t not in data)
+        elif not _phase_included(p, level, stages):
             continue
-        if not _phase_included(p):
-            continue
-        if p.type == "Input":
+        elif p.type == "Input":
             shapes = list(p.input_param.shape)
             for k, top in enumerate(p.top):
-                if shapes:
-                    inputs[top] = tuple(shapes[min(k, len(shapes) - 1)].dim)
-                else:
-                    inputs[top] = tuple(input_shape or DEFAULT_INPUT_SHAPE)
-            continue
-        if p.type in _TRAINING_ONLY or p.type.endswith("Loss"):
-            dropped_blobs.update(p.top)
-            continue
-        if any(b in dropped_blobs for b in p.bottom):
-            # Consumes labels (e.g. a Slice of the label blob): not part of inference.
-            dropped_blobs.update(p.top)
-            continue
-        kept.append(raw)
+                inputs[top] = tuple(shapes[min(k, len(shapes) - 1)].dim) if shapes else None
+        elif (p.type in _TRAINING_ONLY or p.type.endswith("Loss")
+              or any(b in dropped for b in p.bottom)):
+            dropped.update(p.top)  # reads labels (a Slice of the label blob): not inference
+        else:
+            kept.append(raw)
     if not inputs and all(raw.param.bottom for raw in kept):  # a Parameter layer needs none
         raise CaffeFormatError("the net has no input, Input layer or data layer", where=cf.path)
-    if input_shape is not None:
+    read = {b for raw in kept for b in raw.param.bottom}
+    for name in from_data - read:
+        if len(inputs) > 1:  # a data top that only losses read (HDF5's "target_sentence")
+            del inputs[name]
+    shaped, defaulted = _shaped_inputs(inputs, input_shape)
+    return shaped, kept, defaulted
+
+
+def _net_inputs(net: pb.NetParameter) -> dict[str, tuple[int, ...] | None]:
+    """Net-level `input`s with their `input_shape` or 4-D `input_dim` (None: undeclared)."""
+    inputs: dict[str, tuple[int, ...] | None] = {}
+    for i, name in enumerate(net.input):
+        if i < len(net.input_shape):
+            inputs[name] = tuple(net.input_shape[i].dim)
+        elif len(net.input_dim) >= 4 * (i + 1):
+            inputs[name] = tuple(net.input_dim[4 * i:4 * i + 4])
+        else:
+            inputs[name] = None
+    return inputs
+
+
+def _shaped_inputs(inputs: dict[str, tuple[int, ...] | None], given: Shapes):
+    """(inputs with every shape set, names defaulted): `given` replaces declared shapes
+    (keeping their rank), an undeclared one takes the default shape."""
+    if given is not None and not isinstance(given, dict):
         if len(inputs) != 1:
             raise UsageError(f"--input-shape is ambiguous: the net has {len(inputs)} inputs "
-                             f"({', '.join(inputs)})")
-        name = next(iter(inputs))
-        declared = inputs[name]
-        if name not in defaulted and len(declared) != len(input_shape):
-            raise UsageError(f"--input-shape has {len(input_shape)} dimensions, the net's input "
+                             f"({', '.join(inputs)})", hint="give each by name: "
+                             + " ".join(f"--input-shape {n}=..." for n in inputs))
+        given = {next(iter(inputs)): tuple(given)}
+    given = given or {}
+    unknown = [name for name in given if name not in inputs]
+    if unknown:
+        raise UsageError(f"--input-shape names {', '.join(unknown)}, not an input of the net",
+                         hint="its inputs: " + ", ".join(inputs))
+    shaped, defaulted = {}, []
+    for name, declared in inputs.items():
+        shape = given.get(name)
+        if shape is not None and declared is not None and len(declared) != len(shape):
+            raise UsageError(f"--input-shape has {len(shape)} dimensions, the net's input "
                              f"'{name}' has {len(declared)} ({','.join(map(str, declared))})")
-        inputs[name] = tuple(input_shape)
-    return inputs, kept, defaulted
+        if shape is None and declared is None:
+            defaulted.append(name)
+        shaped[name] = tuple(shape or declared or DEFAULT_INPUT_SHAPE)
+    return shaped, defaulted
 
 
-def _image_top(p: pb.LayerParameter) -> str:
-    """The top of a data layer that carries images: Data/ImageData put it first, HDF5Data
-    orders tops by dataset name, so a top named like a label is skipped."""
-    for top in p.top:
-        if "label" not in top.lower():
-            return top
-    return p.top[0]
+def _data_tops(p: pb.LayerParameter) -> list[str]:
+    """The tops of a data layer that carry data, not labels: every top not named like a
+    label (Data puts images first, HDF5Data orders tops by dataset name, a Python layer
+    gives what it likes). None for a layer of labels only (YOLO's DummyData "label")."""
+    return [top for top in p.top if "label" not in top.lower()]
 
 
-def _data_layer_shape(p: pb.LayerParameter, input_shape):
-    if input_shape is not None:
-        return tuple(input_shape)
-    crop = p.transform_param.crop_size
+def _data_layer_shape(p: pb.LayerParameter, top: str) -> tuple[int, ...] | None:
+    """The shape a data layer declares for its image top: DummyData's shape, MemoryData's
+    sizes, the crop size (one image; gray for a gray ImageData), ImageData's resize; None
+    when only the data set knows it."""
+    if p.type == "DummyData":
+        return _dummy_shape(p.dummy_data_param, list(p.top).index(top))
+    if p.type == "MemoryData":
+        m = p.memory_data_param
+        return (m.batch_size, m.channels, m.height, m.width) if m.height else None
+    if top != p.top[0]:
+        return None  # the sizes below are those of the images, the first top
+    image = p.image_data_param
+    channels = 3 if image.is_color else 1
+    crop = p.transform_param.crop_size or p.window_data_param.crop_size or image.crop_size
     if crop:
-        return (1, 3, crop, crop)
-    return DEFAULT_INPUT_SHAPE
+        return (1, channels, crop, crop)
+    if p.type == "ImageData" and image.new_height and image.new_width:
+        return (1, channels, image.new_height, image.new_width)
+    return None
+
+
+def _dummy_shape(d: pb.DummyDataParameter, k: int) -> tuple[int, ...] | None:
+    """DummyData's shape for top k: `shape` or legacy num/channels/height/width, where one
+    entry serves every top."""
+    if d.shape:
+        return tuple(d.shape[min(k, len(d.shape) - 1)].dim)
+    legacy = [d.num, d.channels, d.height, d.width]
+    if not all(legacy):
+        return None
+    return tuple(int(field[min(k, len(field) - 1)]) for field in legacy)
 
 
 def remove_splits(net: CaffeNet) -> CaffeNet:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -50,10 +51,40 @@ def read_prototxt(path: str | os.PathLike, allow_unknown_fields: bool = False,
     return _from_net_parameter(net, path)
 
 
+# A text file starts, after blanks and comments, with a field name then ':' or '{'.
+_TEXT_START = re.compile(rb"\s*(#|[A-Za-z_][A-Za-z0-9_]*\s*[:{])")
+_BINARY_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def looks_like_prototxt(head: bytes) -> bool:
+    """True when the first bytes of a file are protobuf text, not a binary message: they
+    start like a text field (or a comment) and hold no control bytes. A binary net opens
+    with a length byte (below 0x20 for any name under 32 characters) or a tag byte."""
+    head = bytes(head)
+    return bool(_TEXT_START.match(head)) and not _BINARY_BYTES.search(head)
+
+
+def is_prototxt_file(path: str | os.PathLike) -> bool:
+    """True when `path` (plain or .gz) reads as a text prototxt; False for a binary file or
+    one that cannot be read (the reader then says why)."""
+    try:
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+            return looks_like_prototxt(f.read(64))
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+# Fork V1 enum names (DeepLab's IMAGE_SEG_DATA, INTERP, ...) ride through the parse in V1's
+# unused `param` strings with this prefix; upgrade.py turns them into type strings.
+FORK_V1_TYPE = "senet-fork-v1-type:"
+_UNKNOWN_V1_TYPE = re.compile(r'V1LayerParameter\.LayerType" has no value named (\w+)')
+
+
 def _parse_skipping_unknown_fields(text: str, path: str, limit: int = 1000
                                    ) -> tuple[pb.NetParameter, list[str]]:
     """The net parsed with every field unknown to our schema skipped, and one
-    'line N: ... has no field named X' message per such field, in the order found."""
+    'line N: ... has no field named X' message per such field, in the order found.
+    A V1 layer type from a fork's enum is kept by name (see FORK_V1_TYPE)."""
     found: list[str] = []
     while True:
         net = pb.NetParameter()
@@ -61,11 +92,25 @@ def _parse_skipping_unknown_fields(text: str, path: str, limit: int = 1000
             text_format.Parse(text, net)
             return net, found
         except text_format.ParseError as exc:
+            fork_type = _UNKNOWN_V1_TYPE.search(str(exc))
+            if fork_type and exc.GetLine():
+                text = _replace_token(text, exc.GetLine(), exc.GetColumn(), fork_type.group(1),
+                                      f'NONE param: "{FORK_V1_TYPE}{fork_type.group(1)}"')
+                continue
             unknown = "has no field named" in str(exc) and exc.GetLine()
             if not unknown or len(found) >= limit:
                 raise CaffeFormatError(_describe_parse_error(exc), where=path) from None
             found.append(_describe_parse_error(exc).rstrip("."))
             text = _blank_field(text, exc.GetLine(), exc.GetColumn())
+
+
+def _replace_token(text: str, line: int, column: int, token: str, new: str) -> str:
+    """`text` with `token`, found at line:column (1-based), replaced by `new` (one line)."""
+    lines = text.split("\n")
+    start = sum(len(l) + 1 for l in lines[:line - 1]) + column - 1
+    if text[start:start + len(token)] != token:
+        raise CaffeFormatError(f"line {line}: cannot locate the V1 type '{token}'")
+    return text[:start] + new + text[start + len(token):]
 
 
 def _blank_field(text: str, line: int, column: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from senet.converter import caffe_pb2 as pb
+from senet.converter.prototxt import FORK_V1_TYPE
 from senet.errors import CaffeFormatError
 
 _V1_TYPE_NAMES = {
@@ -27,6 +28,8 @@ _SHARED_PARAMS = (
     "image_data_param", "inner_product_param", "lrn_param", "memory_data_param", "mvn_param",
     "pooling_param", "power_param", "relu_param", "sigmoid_param", "softmax_param",
     "slice_param", "tanh_param", "threshold_param", "transform_param", "loss_param",
+    "window_data_param", "hdf5_output_param", "contrastive_loss_param", "hinge_loss_param",
+    "infogain_loss_param",
 )
 
 # Fork V1 parameters (DeepLab v1, PSPNet) that LayerParameter has under the same name.
@@ -47,9 +50,13 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
         return _upgrade_v0(v1, where)
     out = pb.LayerParameter(name=v1.name)
     type_name = pb.V1LayerParameter.LayerType.Name(v1.type) if v1.type else "NONE"
-    if type_name == "NONE":
+    fork = [p[len(FORK_V1_TYPE):] for p in v1.param if p.startswith(FORK_V1_TYPE)]
+    if fork:
+        out.type = _fork_type_string(fork[0])
+    elif type_name == "NONE":
         raise CaffeFormatError("V1 layer without a type", where=where, layer=v1.name or None)
-    out.type = _V1_TYPE_NAMES.get(type_name, type_name)
+    else:
+        out.type = _V1_TYPE_NAMES.get(type_name, type_name)
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     out.include.extend(v1.include)
@@ -59,6 +66,12 @@ def upgrade_v1_layer(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:
         if v1.HasField(name):
             getattr(out, name).CopyFrom(getattr(v1, name))
     return out
+
+
+def _fork_type_string(enum_name: str) -> str:
+    """A fork's V1 enum name as the type string the fork's own upgrade gives it, which is
+    BVLC's spelling rule: IMAGE_SEG_DATA -> ImageSegData, CROP -> Crop."""
+    return "".join(word.capitalize() for word in enum_name.split("_"))
 
 
 def _upgrade_v0(v1: pb.V1LayerParameter, where: str) -> pb.LayerParameter:

@@ -133,9 +133,17 @@ def _prelu(layer, bottoms, shapes, rng):
     return [_f32(rng.uniform(0.05, 0.3, shapes[0]))]
 
 
+def _dense(layer, bottoms, shapes, rng):
+    """Matrices N(0, 1/fan_in) (fan_in: the elements after the first axis), vectors
+    N(0, 0.1): for layers whose blobs are plain weight matrices and biases."""
+    return [_f32(rng.normal(0.0, 1.0 / math.sqrt(math.prod(s[1:]) or 1), s)) if len(s) > 1
+            else _f32(rng.normal(0.0, 0.1, s)) for s in shapes]
+
+
 _GENERATORS = {
     "Convolution": _conv, "InnerProduct": _inner_product, "BatchNorm": _batch_norm,
     "Scale": _scale, "Bias": _bias, "PReLU": _prelu,
+    "Deconvolution": _conv, "Embed": _dense, "LSTM": _dense, "RNN": _dense,
 }
 
 
