@@ -582,6 +582,102 @@ def im2col_one_hot(channels: int, kernel: tuple[int, ...]) -> np.ndarray:
     return weight.reshape((channels * taps, 1) + tuple(kernel))
 
 
+# ----------------------------------------------------------------------------- fork layers
+# (Interp, Upsample, Reorg, ShuffleChannel, BN of the PSPNet/DeepLab/SegNet/YOLO/ShuffleNet
+# forks; each rule as the fork's C++ computes it)
+
+def interp_output_size(size: int, pad_beg: int, pad_end: int, zoom: int | None,
+                       shrink: int | None, layer: str) -> tuple[int, int]:
+    """(cropped input length, output length) of PSPNet/DeepLab's Interp along one axis when
+    the size comes from the factors: the input is first cropped by -pad_beg and -pad_end
+    (both ≤ 0), then shrunk to (n - 1) / shrink + 1 and zoomed to n + (n - 1)(zoom - 1)
+    (DeepLab applies both when both are given, shrink first)."""
+    if pad_beg > 0 or pad_end > 0:
+        raise ShapeError("Interp supports only pad_beg, pad_end <= 0 (cropping), as the fork",
+                         layer=layer)
+    cropped = size + pad_beg + pad_end
+    if cropped <= 0:
+        raise ShapeError(f"Interp crops all of an axis of size {size}", layer=layer)
+    out = cropped
+    if shrink is not None:
+        if shrink < 1:
+            raise ShapeError("Interp shrink_factor must be at least 1", layer=layer)
+        out = (out - 1) // shrink + 1
+    if zoom is not None:
+        if zoom < 1:
+            raise ShapeError("Interp zoom_factor must be at least 1", layer=layer)
+        out = out + (out - 1) * (zoom - 1)
+    return cropped, out
+
+
+def unpool_output_size(size: int, upsample: int | None, scale: int, pad_out: bool,
+                       layer: str) -> int:
+    """SegNet Upsample's output length: upsample_h/w when given, else size·scale, one less
+    with pad_out (which the fork allows only for scale 2)."""
+    if upsample is not None:
+        if upsample <= 1:
+            raise ShapeError("Upsample upsample_h/upsample_w must be greater than 1",
+                             layer=layer)
+        return upsample
+    if scale <= 1:
+        raise ShapeError("Upsample scale must be greater than 1", layer=layer)
+    if pad_out and scale != 2:
+        raise ShapeError("Upsample pad_out_h/pad_out_w need scale 2 (the fork's check)",
+                         layer=layer)
+    return size * scale - int(pad_out)
+
+
+def reorg_output_shape(shape: Shape, stride: int, reverse: bool, layer: str) -> Shape:
+    """Output of the YOLOv2 forks' Reorg (N×C×H×W): C·s² × H/s × W/s, or with reverse
+    C/s² × H·s × W·s. The fork's index arithmetic needs C divisible by s² and, forward, H
+    and W divisible by s (otherwise it reads outside the blob)."""
+    if len(shape) != 4:
+        raise ShapeError(f"Reorg needs an N×C×H×W input, got {list(shape)}", layer=layer)
+    if stride < 1:
+        raise ShapeError("Reorg stride must be positive", layer=layer)
+    n, c, h, w = shape
+    if reverse:
+        if c % (stride * stride):
+            raise ShapeError(f"Reorg reverse: {c} channels are not divisible by stride² "
+                             f"{stride * stride}", layer=layer)
+        return n, c // (stride * stride), h * stride, w * stride
+    if c % (stride * stride) or h % stride or w % stride:
+        raise ShapeError(f"Reorg: input {list(shape)} needs channels divisible by stride² "
+                         f"{stride * stride} and height, width by stride {stride}", layer=layer)
+    return n, c * stride * stride, h // stride, w // stride
+
+
+def reorg_view(shape: Shape, stride: int, reverse: bool, layer: str
+               ) -> tuple[Shape, tuple[int, ...], Shape]:
+    """Reorg as one reshape → transpose → reshape of the N×C×H×W input (what the fork's
+    reorg_cpu does, read in darknet's flattened order): (6-D view, permutation, output).
+    Forward: the input's memory is read as N × C/s² × H·s × W·s, and output channel
+    (oy·s + ox)·C/s² + c at (h, w) takes that view's (c, h·s + oy, w·s + ox); this is not
+    ONNX SpaceToDepth's channel order."""
+    n, c, h, w = shape
+    s, part = stride, c // (stride * stride)
+    out = reorg_output_shape(shape, stride, reverse, layer)
+    if reverse:
+        return (n, s, s, part, h, w), (0, 3, 4, 1, 5, 2), out
+    return (n, part, h, s, w, s), (0, 3, 5, 1, 2, 4), out
+
+
+def shuffle_channel_groups(channels: int, group: int, layer: str) -> int:
+    """Channels per group of ShuffleNet's ShuffleChannel (output channel j·group + i is input
+    channel i·(C/group) + j); C must split into `group` groups."""
+    if group <= 0 or channels % group:
+        raise ShapeError(f"ShuffleChannel: {channels} channels do not split into group "
+                         f"{group}", layer=layer)
+    return channels // group
+
+
+def bn_inverse_std(var: np.ndarray, eps: float) -> np.ndarray:
+    """PSPNet BN's (var + eps)^-0.5 in float32, as caffe_add_scalar then caffe_powx compute
+    it from the stored variance."""
+    shifted = np.asarray(var, np.float32) + np.float32(eps)
+    return np.power(shifted, np.float32(-0.5), dtype=np.float32)
+
+
 # ----------------------------------------------------------------------------- fork fields
 # Fields of Caffe forks (caffe.proto marks them "fork:"): Synopsys' asymmetric padding and
 # AVE_EXC_PAD (pooling_layer.cpp, conv_layer.cpp of synopsys-caffe), the ceil_mode of Synopsys
