@@ -285,22 +285,6 @@ def test_refused_with_the_layer_named(tmp_path, case):
 
 # ----------------------------------------------------------------------------- zoo nets
 
-def _bn_weights(layer, bottoms, shapes, rng):
-    """BN blobs from the statistics of the layer's input, so deep nets stay well scaled:
-    PSPNet's slope, bias, mean, variance; SegNet's scale and shift normalising the input."""
-    x = bottoms[0]
-    axes = (0,) + tuple(range(2, x.ndim))
-    mean = _coarse(x.mean(axis=axes)).reshape(shapes[0])
-    var = _coarse(np.maximum(x.var(axis=axes), 1e-3)).reshape(shapes[0])
-    gain = rng.uniform(0.5, 1.5, shapes[0])
-    if len(shapes) == 2:
-        scale = _coarse(gain / np.sqrt(var))
-        return [scale.astype(np.float32),
-                _coarse(rng.normal(0.0, 0.1, shapes[0]) - mean * scale).astype(np.float32)]
-    return [gain.astype(np.float32), rng.normal(0.0, 0.1, shapes[0]).astype(np.float32),
-            mean.astype(np.float32), var.astype(np.float32)]
-
-
 def _unit_conv_weights(layer, bottoms, shapes, rng):
     """He-normal convolution weights rescaled so that the output has std 1: nets without
     normalisation whose squeeze-excite Mul compounds scales (MobileNetV3) stay finite."""
@@ -314,12 +298,8 @@ def _unit_conv_weights(layer, bottoms, shapes, rng):
 
 @pytest.fixture
 def fork_weights(monkeypatch):
-    """tests.reference.random_weights.make_weights, also for the fork layers with blobs;
-    `unit_conv=True` rescales every Convolution to a unit-std output."""
-    monkeypatch.setitem(random_weights._GENERATORS, "BN", _bn_weights)
-    for kind in ("ConvolutionDepthwise", "DepthwiseConvolution"):
-        monkeypatch.setitem(random_weights._GENERATORS, kind, random_weights._conv)
-
+    """tests.reference.random_weights.make_weights; `unit_conv=True` rescales every
+    Convolution to a unit-std output."""
     def make(net, shapes, seed, unit_conv=False):
         if unit_conv:
             monkeypatch.setitem(random_weights._GENERATORS, "Convolution", _unit_conv_weights)

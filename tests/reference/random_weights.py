@@ -140,10 +140,27 @@ def _dense(layer, bottoms, shapes, rng):
             else _f32(rng.normal(0.0, 0.1, s)) for s in shapes]
 
 
+def _fork_bn(layer, bottoms, shapes, rng):
+    """The forks' BN blobs from the statistics of the layer's input, so deep nets stay well
+    scaled: PSPNet's slope, bias, mean, variance; SegNet's scale and shift normalising it."""
+    x = bottoms[0]
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = _coarse(x.mean(axis=axes)).reshape(shapes[0])
+    var = _coarse(np.maximum(x.var(axis=axes), 1e-3)).reshape(shapes[0])
+    gain = rng.uniform(0.5, 1.5, shapes[0])
+    if len(shapes) == 2:
+        scale = _coarse(gain / np.sqrt(var))
+        return [scale.astype(np.float32),
+                _coarse(rng.normal(0.0, 0.1, shapes[0]) - mean * scale).astype(np.float32)]
+    return [gain.astype(np.float32), rng.normal(0.0, 0.1, shapes[0]).astype(np.float32),
+            mean.astype(np.float32), var.astype(np.float32)]
+
+
 _GENERATORS = {
     "Convolution": _conv, "InnerProduct": _inner_product, "BatchNorm": _batch_norm,
     "Scale": _scale, "Bias": _bias, "PReLU": _prelu,
     "Deconvolution": _conv, "Embed": _dense, "LSTM": _dense, "RNN": _dense,
+    "ConvolutionDepthwise": _conv, "DepthwiseConvolution": _conv, "BN": _fork_bn,
 }
 
 

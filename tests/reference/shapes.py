@@ -67,6 +67,11 @@ def deploy_net(net: Message, input_shapes: dict[str, tuple[int, ...]]) -> Messag
             if active:
                 data = [t for t in tops if "label" not in t.lower()]
                 inputs += [t for t in data if t not in inputs]
+                if layer_type(layer) == "DummyData":  # the one data layer declaring its shape
+                    dummy = get_all(_sub(layer, "dummy_data_param"), "shape")
+                    for k, top in enumerate(tops):
+                        if top in data and dummy:
+                            declared[top] = tuple(get_all(dummy[min(k, len(dummy) - 1)], "dim"))
                 from_data.update(data)
                 dropped.update(t for t in tops if t not in data)
         elif not active:
@@ -166,10 +171,10 @@ def _conv_sizes(layer: Message, in_shapes, transposed: bool):
     shape = in_shapes[0]
     g = _geometry(layer, shape)
     sizes = []
-    for size, k, s, p, d in zip(shape[g["axis"] + 1:], g["kernel"], g["stride"], g["pad"],
-                                g["dilation"]):
+    for size, k, s, p, d, after in zip(shape[g["axis"] + 1:], g["kernel"], g["stride"],
+                                       g["pad"], g["dilation"], g["pad_after"]):
         sizes.append(s * (size - 1) + d * (k - 1) + 1 - 2 * p if transposed
-                     else conv_output_size(size, k, s, p, d))
+                     else conv_output_size(size, k, s, p, d, after))
     top = tuple(shape[:g["axis"]]) + (g["num_output"],) + tuple(sizes)
     return [top] * len(in_shapes)
 
