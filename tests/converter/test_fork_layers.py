@@ -14,13 +14,10 @@ import pytest
 
 import senet
 from senet.errors import SenetError
-from tests.conftest import require_shared
 from tests.converter.harness import convert, reference, rel_error, run_onnx, write_net
 from tests.converter.test_layers import net_text
-from tests.reference import random_weights
-from tests.reference.caffe_forward import _LAYERS, run_net
+from tests.reference.caffe_forward import run_net
 from tests.reference.prototxt_text import parse_prototxt
-from tests.reference.random_weights import _coarse
 
 TOL = 2e-5
 
@@ -283,75 +280,7 @@ def test_refused_with_the_layer_named(tmp_path, case):
     assert "bad" in str(error.value) and words in str(error.value)
 
 
-# ----------------------------------------------------------------------------- zoo nets
-
-def _unit_conv_weights(layer, bottoms, shapes, rng):
-    """He-normal convolution weights rescaled so that the output has std 1: nets without
-    normalisation whose squeeze-excite Mul compounds scales (MobileNetV3) stay finite."""
-    blobs = random_weights._conv(layer, bottoms, shapes, rng)
-    y = _LAYERS["Convolution"](layer, bottoms, [b.astype(np.float64) for b in blobs])[0]
-    std = float(y.std())
-    if std > 0:
-        blobs[0] = (blobs[0] * _coarse(1.0 / std)).astype(np.float32)
-    return blobs
-
-
-@pytest.fixture
-def fork_weights(monkeypatch):
-    """tests.reference.random_weights.make_weights; `unit_conv=True` rescales every
-    Convolution to a unit-std output."""
-    def make(net, shapes, seed, unit_conv=False):
-        if unit_conv:
-            monkeypatch.setitem(random_weights._GENERATORS, "Convolution", _unit_conv_weights)
-        return random_weights.make_weights(net, shapes, seed)
-    return make
-
-
-# zoo net -> its input blob; every net is read as committed (its own input shape)
-ZOO = {
-    "shufflenet_v1_1x_g3": "data",      # ShuffleChannel, ConvolutionDepthwise
-    "xception_dw_soeaver": "data",      # ConvolutionDepthwise
-    "segnet_pascal": "data",            # SegNet BN (INFERENCE), Upsample with masks
-    "attention92": "data",              # PSPNet-style BN, Interp sized by a second bottom
-    "pspnet50_ade20k": "data",          # PSPNet BN, Interp (zoom, height/width)
-    "yolov3_spp": "data",               # nearest Upsample
-    "mobilenet_v3_large_snps": "input",  # HardSwish, Mul (Synopsys); unit-std convolutions
-}
-UNIT_CONV = {"mobilenet_v3_large_snps"}
-ZOO_TOL = 1e-4  # the issue's bound for whole networks
-
-
-@pytest.mark.parametrize("zoo_net", sorted(ZOO))
-def test_zoo_net_matches_reference(tmp_path, zoo_net, fork_weights):
-    import torch
-    text = require_shared("caffe_zoo", zoo_net, "deploy.prototxt").read_text()
-    net = senet.load_caffe(None, require_shared("caffe_zoo", zoo_net, "deploy.prototxt"))
-    shape = net.inputs[ZOO[zoo_net]]
-    weights = fork_weights(parse_prototxt(text), {ZOO[zoo_net]: shape}, seed=len(zoo_net),
-                           unit_conv=zoo_net in UNIT_CONV)
-    proto, model = write_net(tmp_path, text, weights)
-    x = random_weights.make_input(shape, seed=3)
-    ref = reference(text, weights, {ZOO[zoo_net]: x})
-    onnx_path = convert(tmp_path, model, proto)
-    ours = run_onnx(onnx_path, {ZOO[zoo_net]: x})
-    module = senet.to_torch(senet.load_caffe(model, proto))
-    with torch.no_grad():
-        values = module(torch.from_numpy(x))
-    values = values if isinstance(values, tuple) else (values,)
-    assert len(values) == len(ours)
-    drift = None
-    for (name, value), torch_value in zip(ours.items(), values):
-        expected = ref[name]
-        assert np.std(expected) > 0, f"{name}: a constant output proves nothing"
-        for emitter, got in (("onnx", value), ("torch", torch_value.numpy())):
-            err = rel_error(got, expected)
-            if err > ZOO_TOL and drift is None:
-                # a float32 near-tie in a pooling window may move an unpooled value (SegNet):
-                # the issue's bound is then 2.5× the float32 reference's own drift
-                ref32 = reference(text, weights, {ZOO[zoo_net]: x}, np.float32)
-                drift = max(rel_error(ref32[n], ref[n]) for n in ours)
-            bound = ZOO_TOL if drift is None else max(ZOO_TOL, 2.5 * drift)
-            assert err <= bound, f"{zoo_net} {emitter} {name}: {err:.3g} > {bound:.3g}"
+# The zoo nets that use these layers are tested whole in tests/converter/test_zoo.py.
 
 
 # ----------------------------------------------------------------------------- OpenCV
