@@ -122,7 +122,8 @@ def main(argv=None) -> int:
         deviation = float(np.abs(out - reference.numpy()).max() / np.abs(reference.numpy()).max())
         rows.insert(2, ("onnxruntime (senet's ONNX model)", seconds, deviation))
 
-    print(f"# {args.prototxt.stem}, random weights, batch {args.batch}, "
+    name = args.prototxt.stem if args.prototxt.stem != "deploy" else args.prototxt.parent.name
+    print(f"# {name}, random weights, batch {args.batch}, "
           f"{args.size}x{args.size}, float32, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}; median of {args.iters} batches after {args.warmup}")
