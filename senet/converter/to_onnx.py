@@ -64,6 +64,16 @@ class OnnxGraph:
         self.nodes.append(helper.make_node(op, list(inputs), list(outputs),
                                            name=self._unique(f"{self._layer}:{op}"), **attrs))
 
+    def reduce_mean(self, value: str, axes, hint: str) -> str:
+        """A ReduceMean over `axes` keeping them (size 1), written for this graph's opset."""
+        out = self.tmp(hint)
+        if self.opset >= 18:  # ReduceMean's axes became an input in opset 18
+            self.node("ReduceMean", [value, self.ints(list(axes), hint + "/axes")], [out],
+                      keepdims=1)
+        else:
+            self.node("ReduceMean", [value], [out], axes=list(axes), keepdims=1)
+        return out
+
 
 def build_graph(net: CaffeNet, outputs: list[str] | None = None,
                 opset: int = DEFAULT_OPSET) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -104,21 +104,13 @@ def _batch_statistics_onnx(g, layer, x: str, out: str) -> None:
     name = layer.name
     axes = _statistics_axes(len(g.shape(x)))
 
-    def mean_of(value, hint):
-        result = g.tmp(f"{name}/{hint}")
-        if g.opset >= 18:  # ReduceMean's axes became an input in opset 18
-            g.node("ReduceMean", [value, g.ints(axes, name + "/axes")], [result], keepdims=1)
-        else:
-            g.node("ReduceMean", [value], [result], axes=axes, keepdims=1)
-        return result
-
     square, mean_sq, var, centred, shifted, std = (
         g.tmp(f"{name}/{h}") for h in ("square", "mean_square", "var", "centred", "shifted",
                                        "std"))
-    mean = mean_of(x, "mean")
+    mean = g.reduce_mean(x, axes, f"{name}/mean")
     g.node("Mul", [x, x], [square])
     g.node("Mul", [mean, mean], [mean_sq])
-    g.node("Sub", [mean_of(square, "mean_of_square"), mean_sq], [var])
+    g.node("Sub", [g.reduce_mean(square, axes, f"{name}/mean_of_square"), mean_sq], [var])
     g.node("Sub", [x, mean], [centred])
     g.node("Add", [var, g.const(np.array(SEGNET_EPS, np.float32), name + "/eps")], [shifted])
     g.node("Sqrt", [shifted], [std])

@@ -46,20 +46,12 @@ class BatchNorm(LayerConverter):
         x, name = layer.bottoms[0], layer.name
         axes = self.statistics_axes(len(g.shape(x)))
 
-        def mean_of(value, hint):
-            out = g.tmp(f"{name}/{hint}")
-            if g.opset >= 18:  # ReduceMean's axes became an input in opset 18
-                g.node("ReduceMean", [value, g.ints(axes, name + "/axes")], [out], keepdims=1)
-            else:
-                g.node("ReduceMean", [value], [out], axes=axes, keepdims=1)
-            return out
-
         centered, square, shifted, std = (g.tmp(f"{name}/{h}")
                                           for h in ("centered", "square", "shifted", "std"))
-        g.node("Sub", [x, mean_of(x, "mean")], [centered])
+        g.node("Sub", [x, g.reduce_mean(x, axes, f"{name}/mean")], [centered])
         g.node("Mul", [centered, centered], [square])
         eps = g.const(np.array(layer.param.batch_norm_param.eps, np.float32), name + "/eps")
-        g.node("Add", [mean_of(square, "var"), eps], [shifted])
+        g.node("Add", [g.reduce_mean(square, axes, f"{name}/var"), eps], [shifted])
         g.node("Sqrt", [shifted], [std])
         g.node("Div", [centered, std], layer.tops)
 
