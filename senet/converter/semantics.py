@@ -173,6 +173,12 @@ def batchnorm_uses_batch_statistics(param) -> bool:
     return p.HasField("use_global_stats") and not p.use_global_stats and not stored_for_training
 
 
+def batch_statistics_axes(ndim: int) -> list[int]:
+    """The axes a batch-statistics normalisation (BVLC BatchNorm without global stats, the
+    forks' BN in LEARN mode) averages over: every axis but the channels (1)."""
+    return [0] + list(range(2, ndim))
+
+
 def batchnorm_affine(mean, var, factor, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) in float64 with BatchNorm(x) = (x - mean) / sqrt(var + eps) = a·x + b."""
     m, v = batchnorm_statistics(mean, var, factor)

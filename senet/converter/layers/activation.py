@@ -297,19 +297,26 @@ def exp_steps(layer) -> list[tuple[str, float | None]]:
         ([("Mul", outer)] if outer != 1 else [])
 
 
-@register("Exp")
-class Exp(LayerConverter):
-    """y = base^(shift + scale·x), base -1 meaning e, evaluated as Caffe does (exp_steps)."""
+class _Steps(LayerConverter):
+    """A layer computed as a fixed sequence of element-wise steps: subclasses set
+    `steps(layer) -> [(op, constant or None), ...]`."""
 
     def infer_shapes(self, layer, in_shapes):
-        exp_steps(layer)  # refuses the bases Caffe refuses
+        self.steps(layer)  # refuses the parameters Caffe refuses
         return super().infer_shapes(layer, in_shapes)
 
     def to_onnx(self, layer, g):
-        _onnx_steps(layer, g, exp_steps(layer))
+        _onnx_steps(layer, g, self.steps(layer))
 
     def to_torch(self, layer, ctx):
-        _torch_steps(layer, ctx, exp_steps(layer))
+        _torch_steps(layer, ctx, self.steps(layer))
+
+
+@register("Exp")
+class Exp(_Steps):
+    """y = base^(shift + scale·x), base -1 meaning e, evaluated as Caffe does (exp_steps)."""
+
+    steps = staticmethod(exp_steps)
 
 
 def log_steps(layer) -> list[tuple[str, float | None]]:
@@ -323,18 +330,10 @@ def log_steps(layer) -> list[tuple[str, float | None]]:
 
 
 @register("Log")
-class Log(LayerConverter):
+class Log(_Steps):
     """y = log_base(shift + scale·x), base -1 meaning e (log_steps)."""
 
-    def infer_shapes(self, layer, in_shapes):
-        log_steps(layer)  # refuses the bases Caffe refuses
-        return super().infer_shapes(layer, in_shapes)
-
-    def to_onnx(self, layer, g):
-        _onnx_steps(layer, g, log_steps(layer))
-
-    def to_torch(self, layer, ctx):
-        _torch_steps(layer, ctx, log_steps(layer))
+    steps = staticmethod(log_steps)
 
 
 def _scalar(g, layer, value: float, what: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from senet.converter.layers import LayerConverter, register
-from senet.converter.semantics import bn_inverse_std
+from senet.converter.semantics import batch_statistics_axes, bn_inverse_std
 from senet.errors import ShapeError
 
 SEGNET_EPS = 1e-9  # hard-coded in SegNet's BNLayer::LayerSetUp
@@ -95,14 +95,10 @@ class BN(LayerConverter):
                 x = ctx.op(fns[op], x, operand)
 
 
-def _statistics_axes(ndim: int) -> list[int]:
-    return [0] + list(range(2, ndim))
-
-
 def _batch_statistics_onnx(g, layer, x: str, out: str) -> None:
     """(x - E x) / sqrt(E x² - (E x)² + 1e-9) over the batch and spatial axes."""
     name = layer.name
-    axes = _statistics_axes(len(g.shape(x)))
+    axes = batch_statistics_axes(len(g.shape(x)))
 
     square, mean_sq, var, centred, shifted, std = (
         g.tmp(f"{name}/{h}") for h in ("square", "mean_square", "var", "centred", "shifted",
@@ -119,7 +115,7 @@ def _batch_statistics_onnx(g, layer, x: str, out: str) -> None:
 
 def _batch_statistics_torch(ctx, x, ndim: int):
     import torch
-    axes = _statistics_axes(ndim)
+    axes = batch_statistics_axes(ndim)
     mean = ctx.op(torch.mean, x, axes, keepdim=True)
     mean_of_square = ctx.op(torch.mean, ctx.op(torch.mul, x, x), axes, keepdim=True)
     var = ctx.op(torch.sub, mean_of_square, ctx.op(torch.mul, mean, mean))

@@ -6,8 +6,8 @@ import numpy as np
 
 from senet.converter.layers import LayerConverter, register
 from senet.converter.semantics import (
-    batchnorm_statistics, batchnorm_uses_batch_statistics, broadcast_shape_for, canonical_axis,
-    scale_param_shape,
+    batch_statistics_axes, batchnorm_statistics, batchnorm_uses_batch_statistics,
+    broadcast_shape_for, canonical_axis, scale_param_shape,
 )
 from senet.errors import ShapeError
 
@@ -25,10 +25,6 @@ class BatchNorm(LayerConverter):
             raise ShapeError(f"BatchNorm needs N×C… input, got {list(x)}", layer=layer.name)
         return [(x[1],), (x[1],), (1,)]
 
-    @staticmethod
-    def statistics_axes(ndim: int) -> list[int]:
-        return [0] + list(range(2, ndim))
-
     def to_onnx(self, layer, g):
         if batchnorm_uses_batch_statistics(layer.param):
             self._batch_statistics_to_onnx(layer, g)
@@ -44,7 +40,7 @@ class BatchNorm(LayerConverter):
 
     def _batch_statistics_to_onnx(self, layer, g):
         x, name = layer.bottoms[0], layer.name
-        axes = self.statistics_axes(len(g.shape(x)))
+        axes = batch_statistics_axes(len(g.shape(x)))
 
         centered, square, shifted, std = (g.tmp(f"{name}/{h}")
                                           for h in ("centered", "square", "shifted", "std"))
@@ -61,7 +57,7 @@ class BatchNorm(LayerConverter):
         x = ctx.value(layer.bottoms[0])
         eps = ctx.scalar(layer.param.batch_norm_param.eps)
         if batchnorm_uses_batch_statistics(layer.param):
-            axes = self.statistics_axes(len(ctx.shape(layer.bottoms[0])))
+            axes = batch_statistics_axes(len(ctx.shape(layer.bottoms[0])))
             centered = ctx.op(torch.sub, x, ctx.op(torch.mean, x, axes, keepdim=True))
             var = ctx.op(torch.mean, ctx.op(torch.mul, centered, centered), axes, keepdim=True)
             ctx.emit(layer.tops[0], torch.div, centered,
