@@ -119,6 +119,17 @@ class CaffeNet:
                 return f"layer '{layer.name}' ({layer.type}) spans the batch axis"
         return None
 
+    def data_dependent_values(self) -> set[str]:
+        """SSA names of the tops of data-dependent layers (LayerConverter.data_dependent) and
+        of every value computed from them: their static shapes are Caffe's setup shapes, their
+        sizes at run time depend on the values (emitters declare them without fixed sizes)."""
+        from senet.converter.layers import converter_for  # the registry imports this module
+        tainted: set[str] = set()
+        for layer in self.layers:
+            if converter_for(layer.type).data_dependent or tainted.intersection(layer.bottoms):
+                tainted.update(layer.tops)
+        return tainted
+
     def parameter_count(self) -> int:
         return int(sum(b.size for layer in self.layers for b in layer.blobs))
 

@@ -85,10 +85,15 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
         g._layer = layer.name
         converter_for(layer.type).to_onnx(layer, g)
     dynamic = net.batch_fixed_by() is None
+    data_dependent = net.data_dependent_values()
 
-    def value_info(name, shape):
-        # a 0-D blob (Reduction over axis 0) has no batch axis
-        dims = ["batch", *shape[1:]] if dynamic and shape else list(shape)
+    def value_info(name, shape, ssa=None):
+        if ssa in data_dependent:  # sizes known at run time only: every axis named
+            dims = [f"{name}_{axis}" for axis in range(len(shape))]
+        elif dynamic and shape:  # a 0-D blob (Reduction over axis 0) has no batch axis
+            dims = ["batch", *shape[1:]]
+        else:
+            dims = list(shape)
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
     graph_inputs = [value_info(name, shape) for name, shape in net.inputs.items()]
@@ -97,7 +102,7 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
         if ssa != public and not _aliases_input(g, ssa, public, set(net.inputs)):
             renames.append(helper.make_node("Identity", [ssa], [public],
                                             name=f"output:{public}"))
-        graph_outputs.append(value_info(public, net.shapes[ssa]))
+        graph_outputs.append(value_info(public, net.shapes[ssa], ssa))
     graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
                               graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

@@ -1,14 +1,17 @@
-"""Custom operators for the SE-block element-wise work: ``senet::axpy``, ``senet::global_avg_pool``.
+"""Custom operators: ``senet::axpy`` and ``senet::global_avg_pool`` for the SE-block element-wise
+work, ``senet::nms`` for the detectors' non-maximum suppression (``senet.kernels.nms``).
 
-Importing this package registers both ops with ``torch.library`` (eager on every device, Triton
-kernels on CUDA, fake impls for torch.compile / torch.export, autograd). Triton itself is
-imported only at the first call on a CUDA tensor. ONNX lowering: ``senet.kernels.onnx_lowering``.
+Importing this package registers the ops with ``torch.library``: axpy and global_avg_pool eager on
+every device, Triton kernels on CUDA, fake impls for torch.compile / torch.export, autograd (Triton
+itself is imported only at the first call on a CUDA tensor; ONNX lowering:
+``senet.kernels.onnx_lowering``); nms eager with a fake impl of data-dependent size.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from senet.kernels import nms as _nms  # noqa: F401  (registers senet::nms)
 from senet.kernels import ops as _ops
 from senet.kernels.layout import memory_format_of
 

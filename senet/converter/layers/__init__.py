@@ -27,6 +27,10 @@ class LayerConverter:
     max_bottoms: int | None = 1
     min_tops = 1
     max_tops: int | None = 1
+    # True for a layer whose tops' sizes depend on the values it reads (detections, proposals):
+    # infer_shapes then gives Caffe's setup shapes, and every value computed from those tops
+    # has sizes known only at run time (CaffeNet.data_dependent_values).
+    data_dependent = False
 
     def blob_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         """Shapes of the learned blobs the layer needs, in Caffe's order."""
