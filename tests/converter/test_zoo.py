@@ -148,13 +148,11 @@ GAPS: dict[str, str] = {
         "unsupported Caffe layers: proposal_p5 (Python rpn.proposal_layer.ProposalLayer), "
         "proposal_p4 (Python rpn.proposal_layer.ProposalLayer), proposal_p3 (Python "
         "rpn.proposal_layer.ProposalLayer), proposal_p2 (Python "
-        "rpn.proposal_layer.ProposalLayer), roi_pool4 (ROIPooling), roi_pool8 (ROIPooling), ...",
+        "rpn.proposal_layer.ProposalLayer)",
     "faster_rcnn_vgg16_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "faster_rcnn_zf_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "mobilenet_ssd":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
@@ -171,8 +169,7 @@ GAPS: dict[str, str] = {
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
         "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
     "pvanet_frcnn":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "ssd300_vgg16_voc0712":
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
