@@ -203,3 +203,39 @@ def test_refusals(tmp_path, kind, param, x_shape, rois_shape, message):
     with pytest.raises(SenetError) as error:
         senet.load_caffe(prototxt=proto)
     assert message in str(error.value) and "pool" in str(error.value)
+
+
+@pytest.mark.parametrize("kind, param, channels", [
+    ("ROIPooling", "pooled_h: 3 pooled_w: 4 spatial_scale: 0.0625", 3),
+    ("PSROIPooling", "spatial_scale: 0.0625 output_dim: 2 group_size: 3", 18),
+])
+def test_roi_count_is_not_baked_in(tmp_path, kind, param, channels):
+    """The rois may come from a data-dependent Proposal layer: the ONNX graph (checker-clean,
+    its rois input made symbolic) and the torch module exported with a dynamic roi axis take
+    another count than the static one and still give the reference's numbers."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from tests.converter.harness import convert
+    shapes = {"x": (2, channels, 11, 13), "rois": (12, 5)}
+    text = net_text(shapes, roi_body(kind, param))
+    proto, model = write_net(tmp_path, text, {})
+    onnx_model = onnx.load(str(convert(tmp_path, model, proto, ["y"])))
+    onnx.checker.check_model(onnx_model, full_check=True)
+    onnx_model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "rois"
+    onnx_model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "rois"
+    session = ort.InferenceSession(onnx_model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    module = senet.to_torch(senet.load_caffe(model, proto), outputs=["y"])
+    x = np.random.default_rng(0).normal(size=shapes["x"]).astype(np.float32)
+    example = make_rois(12, 2, (11, 13), 0.0625, seed=1)
+    program = torch.export.export(module, (torch.from_numpy(x), torch.from_numpy(example)),
+                                  dynamic_shapes={"x": None,
+                                                  "rois": {0: torch.export.Dim("rois")}})
+    for count in (5, 31):
+        rois = make_rois(count, 2, (11, 13), 0.0625, seed=count)
+        ref = reference(text.replace("dim: 12", f"dim: {count}"), {}, {"x": x, "rois": rois})
+        onnx_y = session.run(None, {"x": x, "rois": rois})[0]
+        with torch.no_grad():
+            torch_y = program.module()(torch.from_numpy(x), torch.from_numpy(rois)).numpy()
+        _check(onnx_y, torch_y, ref["y"])
