@@ -245,7 +245,7 @@ def roi_max_pool(x, rois, pooled_h: int, pooled_w: int, spatial_scale: float):
     (which may overlap) covering the bin; empty bins give 0. The table holds ⌊log2 H⌋+1 ×
     ⌊log2 W⌋+1 copies of the map."""
     import torch
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     rois, batch = _torch_rois(rois)
     ops = TorchOps(rois)
     hs, he = roi_pool_bins(ops, rois[:, 2:3], rois[:, 4:5], spatial_scale, pooled_h, h)
@@ -310,7 +310,7 @@ def psroi_average_pool(x, rois, output_dim: int, group: int, spatial_scale: floa
     corners of the float64 summed-area table of its channel, over its cell count."""
     import torch
     from torch.nn import functional as F
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     rois, batch = _torch_rois(rois)
     ops = TorchOps(rois)
     hs, he = psroi_pool_bins(ops, rois[:, 2:3], rois[:, 4:5], spatial_scale, group, h)
