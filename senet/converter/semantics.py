@@ -745,3 +745,64 @@ def dropout_test_factor(dropout_ratio: float, scale_train: bool) -> float | None
         return None
     scale = np.float32(1.0 / (1.0 - float(np.float32(dropout_ratio))))
     return float(np.float32(1.0 / float(scale)))
+
+
+# ----------------------------------------------------------------------------- ROI pooling
+# Fast/Faster R-CNN's ROIPooling (rbgirshick/caffe-fast-rcnn roi_pooling_layer.cpp) and R-FCN's
+# PSROIPooling (daijifeng001/caffe-rfcn psroi_pooling_layer.cpp). The rois are data, so their
+# bins are computed at run time: each rule is written once here against `ops`, the float32
+# tensor operations an emitter provides (add, sub, mul, div, maximum, minimum, floor, ceil, abs,
+# sign, at_least(a, b) = 1.0 where a >= b else 0.0, and steps(n, first) = [first, ..., first +
+# n - 1]); Python floats given to them are float32 constants. Caffe computes the geometry in
+# float (its Dtype), so float32 tensors repeat it exactly, ties included.
+
+def c_round(ops, v):
+    """C's round() of float32 values: halfway cases away from zero (ONNX's Round and
+    torch.round round them to even). |v| - floor(|v|) is exact in float, so the half is seen
+    exactly."""
+    magnitude = ops.abs(v)
+    whole = ops.floor(magnitude)
+    return ops.mul(ops.sign(v), ops.add(whole, ops.at_least(ops.sub(magnitude, whole), 0.5)))
+
+
+def _clip_cells(ops, v, size: int):
+    return ops.minimum(ops.maximum(v, 0.0), float(size))
+
+
+def roi_pool_bins(ops, start, end, spatial_scale: float, pooled: int, size: int):
+    """ROIPooling's bins along one axis of `size` cells for rois from `start` to `end` (R×1,
+    image coordinates): (first cell, end cell (excluded)), each R×pooled, integer-valued in
+    [0, size]. The roi's first and last cells are round(coordinate · spatial_scale); its length
+    is last - first + 1, at least 1 (a malformed roi pools one cell); bin p spans floor(p · b)
+    to ceil((p + 1) · b) cells from the roi's first cell, with b = length / pooled, clipped
+    to the map. A bin left with no cell pools 0."""
+    first = c_round(ops, ops.mul(start, spatial_scale))
+    last = c_round(ops, ops.mul(end, spatial_scale))
+    length = ops.maximum(ops.add(ops.sub(last, first), 1.0), 1.0)
+    bin_size = ops.div(length, float(pooled))
+    lo = ops.add(ops.floor(ops.mul(bin_size, ops.steps(pooled, 0))), first)
+    hi = ops.add(ops.ceil(ops.mul(bin_size, ops.steps(pooled, 1))), first)
+    return _clip_cells(ops, lo, size), _clip_cells(ops, hi, size)
+
+
+def psroi_pool_bins(ops, start, end, spatial_scale: float, pooled: int, size: int):
+    """PSROIPooling's bins along one axis, as roi_pool_bins returns them, by R-FCN's own
+    rounding: the roi runs from round(start) · scale to (round(end) + 1) · scale in map
+    coordinates (fractional), its length at least 0.1; bin p spans floor(p · b + from) to
+    ceil((p + 1) · b + from) with b = length / pooled (a float product, then a float sum:
+    the CPU code; nvcc may fuse them in the GPU kernel), clipped to the map. A bin left with
+    no cell pools 0; otherwise the mean of its cells."""
+    first = ops.mul(c_round(ops, start), spatial_scale)
+    after = ops.mul(ops.add(c_round(ops, end), 1.0), spatial_scale)
+    length = ops.maximum(ops.sub(after, first), float(np.float32(0.1)))
+    bin_size = ops.div(length, float(pooled))
+    lo = ops.floor(ops.add(ops.mul(bin_size, ops.steps(pooled, 0)), first))
+    hi = ops.ceil(ops.add(ops.mul(bin_size, ops.steps(pooled, 1)), first))
+    return _clip_cells(ops, lo, size), _clip_cells(ops, hi, size)
+
+
+def psroi_channels(output_dim: int, group_size: int) -> np.ndarray:
+    """The input channel each PSROIPooling output (c, gh, gw) averages:
+    (c · group_size + gh) · group_size + gw, as an output_dim × group_size² int64 array."""
+    return np.arange(output_dim * group_size * group_size, dtype=np.int64).reshape(
+        output_dim, group_size, group_size)

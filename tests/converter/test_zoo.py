@@ -80,6 +80,7 @@ SMALL: dict[str, dict[str, tuple[int, ...]]] = {
     "colorization_v2": {"data_l": (1, 1, 56, 56)},
     "cpm_flic": {'data': (1, 4, 184, 184)},
     "cpm_person_mpi": {'image': (1, 3, 94, 164)},
+    "fast_rcnn_vgg_cnn_m_1024_voc": {"data": (1, 3, 96, 112), "rois": (9, 5)},
     "fcn16s_voc": {"data": (1, 3, 32, 32)},
     "fcn32s_nyud_color_hha": {"color": (1, 3, 32, 40), "hha": (1, 3, 32, 40)},
     "fcn32s_voc_deploy_snps": {"data": (1, 3, 32, 32)},
@@ -143,19 +144,15 @@ GAPS: dict[str, str] = {
         "unsupported Caffe layers: inception_a3_concat_mbox_priorbox (PriorBox), "
         "conv3_2_mbox_priorbox (PriorBox), conv4_2_mbox_priorbox (PriorBox), detection_out "
         "(DetectionOutput)",
-    "fast_rcnn_vgg_cnn_m_1024_voc":
-        "unsupported Caffe layers: roi_pool5 (ROIPooling)",
     "faster_rcnn_inception_v4_fpn_soeaver":
         "unsupported Caffe layers: proposal_p5 (Python rpn.proposal_layer.ProposalLayer), "
         "proposal_p4 (Python rpn.proposal_layer.ProposalLayer), proposal_p3 (Python "
         "rpn.proposal_layer.ProposalLayer), proposal_p2 (Python "
-        "rpn.proposal_layer.ProposalLayer), roi_pool4 (ROIPooling), roi_pool8 (ROIPooling), ...",
+        "rpn.proposal_layer.ProposalLayer)",
     "faster_rcnn_vgg16_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "faster_rcnn_zf_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "mobilenet_ssd":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
@@ -172,8 +169,7 @@ GAPS: dict[str, str] = {
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
         "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
     "pvanet_frcnn":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "ssd300_vgg16_voc0712":
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
@@ -200,6 +196,8 @@ SEQUENCE_INPUTS = {
     "lstm_lm_coco": {"input_sentence": 8801, "cont_sentence": 2},
     "lrcn_activity_lstm": {"clip_markers": 2},
 }
+# Region-of-interest inputs (R×5: batch index, x1, y1, x2, y2) and the image they lie on.
+ROI_INPUTS = {"fast_rcnn_vgg_cnn_m_1024_voc": {"rois": "data"}}
 
 
 def exactness_text(net: str) -> str:
@@ -210,11 +208,29 @@ def exactness_text(net: str) -> str:
     return text
 
 
+def make_rois(shape: tuple[int, ...], image: tuple[int, ...], seed: int) -> np.ndarray:
+    """R×5 rois on the images of `image` (N×C×H×W): boxes inside the image, and in turn one
+    partly outside it and one malformed (x2 < x1), as a proposal stage may give them."""
+    rng = np.random.default_rng(seed)
+    height, width = image[2:]
+    x1, y1 = rng.uniform(0, width, shape[0]), rng.uniform(0, height, shape[0])
+    x2, y2 = x1 + rng.uniform(0, 0.7 * width, shape[0]), y1 + rng.uniform(0, 0.7 * height,
+                                                                          shape[0])
+    x1[1::3] -= 0.4 * width
+    x2[2::3] = x1[2::3] - rng.uniform(1, 10, len(x1[2::3]))
+    batch = rng.integers(0, image[0], shape[0])
+    return np.stack([batch, x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
 def make_inputs(net: str, shapes: dict[str, tuple[int, ...]], seed: int):
     """Image-like inputs, except integer indices below n for SEQUENCE_INPUTS (markers 0/1,
-    the first step 0 as Caffe's sequence start)."""
+    the first step 0 as Caffe's sequence start) and rois on their image for ROI_INPUTS."""
     out = {}
     for k, (name, shape) in enumerate(shapes.items()):
+        image = ROI_INPUTS.get(net, {}).get(name)
+        if image is not None:
+            out[name] = make_rois(shape, shapes[image], seed + k)
+            continue
         limit = SEQUENCE_INPUTS.get(net, {}).get(name)
         if limit is None:
             out[name] = make_input(shape, seed + k)
@@ -303,7 +319,7 @@ def check_exact(tmp_path, net: str) -> dict[str, float]:
     x = make_inputs(net, shapes, seed)
     # calibrated on images of the net's batch, except where the batch is fixed or the
     # inputs are no images: there on the inputs themselves
-    special = net in RESIZED or net in SEQUENCE_INPUTS
+    special = net in RESIZED or net in SEQUENCE_INPUTS or net in ROI_INPUTS
     weights = make_weights(deploy, shapes, seed, inputs=x if special else None)
     ref64 = forward(deploy, weights, x)
     ref32 = {}  # the float32 run measures rounding drift; made only when an error needs it

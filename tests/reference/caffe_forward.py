@@ -733,6 +733,7 @@ from . import forward_fork  # noqa: E402,F401
 from . import forward_index  # noqa: E402,F401
 from . import forward_recurrent  # noqa: E402,F401
 from . import forward_reduce  # noqa: E402,F401
+from . import forward_roi  # noqa: E402,F401
 from . import forward_spatial  # noqa: E402,F401
 
 from . import forward_spp  # noqa: E402,F401

@@ -186,8 +186,22 @@ def _inner_product_size(layer: Message, in_shapes):
     return [tuple(shape[:axis]) + (int(get(p, "num_output")),)]
 
 
+def _roi_pooling_size(layer: Message, in_shapes):
+    """ROIPooling / PSROIPooling tops: one item per roi (bottom[1]'s axis 0)."""
+    rois = in_shapes[1][0]
+    if layer_type(layer) == "ROIPooling":
+        p = _sub(layer, "roi_pooling_param")
+        return [(rois, in_shapes[0][1], int(get(p, "pooled_h", 0)), int(get(p, "pooled_w", 0)))]
+    p = _sub(layer, "psroi_pooling_param")
+    group = int(get(p, "group_size", 0))
+    return [(rois, int(get(p, "output_dim", 0)), group, group)]
+
+
 _SIZE_RULES = {
     "Convolution": lambda layer, shapes: _conv_sizes(layer, shapes, False),
     "Deconvolution": lambda layer, shapes: _conv_sizes(layer, shapes, True),
     "InnerProduct": _inner_product_size,
+    # hundreds of proposals pooled in Python loops: too slow to run on zeros
+    "ROIPooling": _roi_pooling_size,
+    "PSROIPooling": _roi_pooling_size,
 }
