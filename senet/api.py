@@ -18,6 +18,7 @@ from pathlib import Path
 from senet.converter.describe import describe
 from senet.converter.graph import CaffeNet
 from senet.converter.load import load_net
+from senet.converter.rpn import rpn_settings
 from senet.converter.semantics import batchnorm_uses_batch_statistics
 from senet.errors import UsageError
 from senet.files import BackgroundSha256, sha256_file
@@ -87,6 +88,7 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
     if to not in TARGETS:
         raise UsageError(f"unknown output format '{to}'", hint="one of " + ", ".join(TARGETS))
     _check_options(to, opset, outputs, fold, timm_exact)
+    rpn = rpn_settings(rpn)  # a usage error before anything is read
     progress = progress or Progress(quiet=True)
     source_sha256 = BackgroundSha256(model) if to == "onnx" else None  # before the slow part
     from senet.manifest import check_architecture, lookup, recognise

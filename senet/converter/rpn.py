@@ -107,7 +107,7 @@ def parse_param_str(text: str, layer: str) -> ProposalParams:
     body = _BARE_KEY.sub(lambda m: f"{m.group(1)}'{m.group(2)}':", body)
     try:
         values = ast.literal_eval(body)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ShapeError(f"param_str {text!r} is not a mapping of literal values "
                          "(as 'feat_stride': 16)", layer=layer) from None
     if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):

@@ -66,12 +66,13 @@ def generate_anchors(ratios, scales, base_size: int = 16) -> np.ndarray:
     return np.array(rows, np.float64)
 
 
-def nms(boxes: np.ndarray, thresh) -> list[int]:
+def nms(boxes: np.ndarray, thresh, offset: int = 1) -> list[int]:
     """Greedy NMS over boxes already in visiting order; a box is dropped when its overlap
-    (sizes with +1 pixels) with a kept one is greater than `thresh`. Each kept box is compared
-    with all later ones at once, element by element as the loop of py_cpu_nms does."""
+    (sizes with +1 pixels; `offset` 0 is the wrong convention trap tests compare with) with a
+    kept one is greater than `thresh`. Each kept box is compared with all later ones at once,
+    element by element as the loop of py_cpu_nms does."""
     dt = boxes.dtype.type
-    one, zero = dt(1), dt(0)
+    one, zero = dt(offset), dt(0)
     thresh = dt(thresh)
     x1, y1, x2, y2 = (boxes[:, c] for c in range(4))
     areas = (x2 - x1 + one) * (y2 - y1 + one)
