@@ -146,16 +146,12 @@ GAPS: dict[str, str] = {
     "fast_rcnn_vgg_cnn_m_1024_voc":
         "unsupported Caffe layers: roi_pool5 (ROIPooling)",
     "faster_rcnn_inception_v4_fpn_soeaver":
-        "unsupported Caffe layers: proposal_p5 (Python rpn.proposal_layer.ProposalLayer), "
-        "proposal_p4 (Python rpn.proposal_layer.ProposalLayer), proposal_p3 (Python "
-        "rpn.proposal_layer.ProposalLayer), proposal_p2 (Python "
-        "rpn.proposal_layer.ProposalLayer), roi_pool4 (ROIPooling), roi_pool8 (ROIPooling), ...",
+        "unsupported Caffe layers: roi_pool4 (ROIPooling), roi_pool8 (ROIPooling), roi_pool16 "
+        "(ROIPooling), roi_pool32 (ROIPooling)",
     "faster_rcnn_vgg16_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool5 (ROIPooling)",
+        "unsupported Caffe layers: roi_pool5 (ROIPooling)",
     "faster_rcnn_zf_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: roi_pool_conv5 (ROIPooling)",
     "mobilenet_ssd":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
@@ -172,8 +168,7 @@ GAPS: dict[str, str] = {
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
         "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
     "pvanet_frcnn":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
-        "roi_pool_conv5 (ROIPooling)",
+        "unsupported Caffe layers: roi_pool_conv5 (ROIPooling)",
     "ssd300_vgg16_voc0712":
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
@@ -195,6 +190,8 @@ RESIZED: dict[str, list[tuple[str, str]]] = {
                 ("dim: 128\n        dim: 128\n        dim: 64",
                  "dim: 16\n        dim: 16\n        dim: 16")],
 }
+# py-faster-rcnn's image size and scale input (its proposal layers take one image).
+IMAGE_INFO = "im_info"
 # Inputs that are no images: word indices (Embed) and sequence-continuation markers.
 SEQUENCE_INPUTS = {
     "lstm_lm_coco": {"input_sentence": 8801, "cont_sentence": 2},
@@ -212,9 +209,14 @@ def exactness_text(net: str) -> str:
 
 def make_inputs(net: str, shapes: dict[str, tuple[int, ...]], seed: int):
     """Image-like inputs, except integer indices below n for SEQUENCE_INPUTS (markers 0/1,
-    the first step 0 as Caffe's sequence start)."""
+    the first step 0 as Caffe's sequence start) and py-faster-rcnn's im_info: the image's
+    height, width and a scale of 1.5 (PVANet's wider rows repeat the scale)."""
     out = {}
     for k, (name, shape) in enumerate(shapes.items()):
+        if name == IMAGE_INFO:
+            info = [*shapes["data"][2:], *[1.5] * (shape[-1] - 2)]
+            out[name] = np.asarray([info], np.float32)
+            continue
         limit = SEQUENCE_INPUTS.get(net, {}).get(name)
         if limit is None:
             out[name] = make_input(shape, seed + k)
@@ -302,8 +304,8 @@ def check_exact(tmp_path, net: str) -> dict[str, float]:
     seed = sum(map(ord, net))
     x = make_inputs(net, shapes, seed)
     # calibrated on images of the net's batch, except where the batch is fixed or the
-    # inputs are no images: there on the inputs themselves
-    special = net in RESIZED or net in SEQUENCE_INPUTS
+    # inputs are no images (or an image's size): there on the inputs themselves
+    special = net in RESIZED or net in SEQUENCE_INPUTS or IMAGE_INFO in shapes
     weights = make_weights(deploy, shapes, seed, inputs=x if special else None)
     ref64 = forward(deploy, weights, x)
     ref32 = {}  # the float32 run measures rounding drift; made only when an error needs it
