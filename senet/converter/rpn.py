@@ -60,8 +60,9 @@ def rpn_settings(values: RpnSettings | dict | str | None) -> RpnSettings:
             number = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"--rpn {name}={value} is not a number") from None
-        if integer and number != int(number) or not math.isfinite(number):
-            raise UsageError(f"--rpn {name}={value} must be {'an integer' if integer else 'finite'}")
+        if not math.isfinite(number) or integer and number != int(number):
+            kind = "an integer" if integer else "finite"
+            raise UsageError(f"--rpn {name}={value} must be {kind}")
         if name in ("nms_thresh", "min_size") and number < 0:
             raise UsageError(f"--rpn {name}={value} must not be negative")
         checked[name] = int(number) if integer else number

@@ -273,7 +273,8 @@ def test_rpn_settings_parser():
                                                                             min_size=8.0)
     for bad, message in [("pre_nms=1", "unknown"), ("post_nms_top_n=2.5", "integer"),
                          ("nms_thresh=x", "number"), ("min_size=-1", "negative"),
-                         ("nms_thresh", "NAME=VALUE"), ("min_size=inf", "finite")]:
+                         ("nms_thresh", "NAME=VALUE"), ("min_size=inf", "finite"),
+                         ("pre_nms_top_n=inf", "integer")]:
         with pytest.raises(UsageError, match=message):
             rpn_settings(bad)
 
