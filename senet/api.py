@@ -18,6 +18,7 @@ from pathlib import Path
 from senet.converter.describe import describe
 from senet.converter.graph import CaffeNet
 from senet.converter.load import load_net
+from senet.converter.rpn import rpn_settings
 from senet.converter.semantics import batchnorm_uses_batch_statistics
 from senet.errors import UsageError
 from senet.files import BackgroundSha256, sha256_file
@@ -31,23 +32,30 @@ PathLike = str | os.PathLike
 Shape = Sequence[int]
 InputShape = Shape | Mapping[str, Shape]
 """The shape of a net's only input, or shapes by input name ({"data": (1, 3, 368, 368)})."""
+RpnOptions = Mapping[str, float] | str | None
+"""Proposal-layer settings: {"post_nms_top_n": 200} or "post_nms_top_n=200,nms_thresh=0.6"."""
 
 
 def load_caffe(model: PathLike | None = None, prototxt: PathLike | None = None, *,
-               input_shape: InputShape | None = None, allow_unknown_fields: bool = False,
+               input_shape: InputShape | None = None, rpn: RpnOptions = None,
+               allow_unknown_fields: bool = False,
                warn: Callable[[str], None] | None = None) -> CaffeNet:
     """A Caffe net as senet's IR: structure from `prototxt` (or, without one, the net stored
     in `model`), weights from the `model` .caffemodel, deploy layers only, every blob shaped.
 
     With only a prototxt, learned blobs are zeros of the right shapes (for inspecting).
     `input_shape` replaces the input's shape (the batch included), or, as a dict, the shapes
-    of inputs by name; `warn` receives warnings (default: none are shown)."""
+    of inputs by name; `warn` receives warnings (default: none are shown). `rpn`: the
+    test-time settings of py-faster-rcnn proposal layers, which the Caffe files do not hold
+    (a dict or "name=value,..." text of pre_nms_top_n, post_nms_top_n, nms_thresh, min_size;
+    default py-faster-rcnn's cfg.TEST: 6000, 300, 0.7, 16)."""
     return load_net(_str(model), _str(prototxt), _shape(input_shape), allow_unknown_fields,
-                    warn=warn, weights_optional=model is None)
+                    warn=warn, weights_optional=model is None, rpn=rpn)
 
 
 def inspect(model: PathLike | None = None, prototxt: PathLike | None = None, *,
-            input_shape: InputShape | None = None, allow_unknown_fields: bool = False,
+            input_shape: InputShape | None = None, rpn: RpnOptions = None,
+            allow_unknown_fields: bool = False,
             warn: Callable[[str], None] | None = None) -> str:
     """The table ``senet-convert --inspect`` prints: layers, shapes, parameters and the
     published model the net is recognised as. A text prototxt given as `model` is read
@@ -56,7 +64,7 @@ def inspect(model: PathLike | None = None, prototxt: PathLike | None = None, *,
     from senet.manifest import recognise
     if model is not None and prototxt is None and is_prototxt_file(model):
         model, prototxt = None, model
-    net = load_caffe(model, prototxt, input_shape=input_shape,
+    net = load_caffe(model, prototxt, input_shape=input_shape, rpn=rpn,
                      allow_unknown_fields=allow_unknown_fields, warn=warn)
     entry = recognise(net)
     return describe(net, entry.name if entry else None)
@@ -65,7 +73,7 @@ def inspect(model: PathLike | None = None, prototxt: PathLike | None = None, *,
 def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *,
             prototxt: PathLike | None = None, outputs: Sequence[str] | None = None,
             opset: int | None = None, fold: bool = True, input_shape: InputShape | None = None,
-            timm_exact: bool = False, expect_model: str | None = None,
+            rpn: RpnOptions = None, timm_exact: bool = False, expect_model: str | None = None,
             allow_unknown_fields: bool = False, progress: Progress | None = None,
             warn: Callable[[str], None] | None = None) -> Path:
     """Convert a .caffemodel to `to` ("onnx", "torch" (.pt2), "safetensors" or "timm") and
@@ -75,17 +83,19 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
     `outputs`: Caffe blob names to expose (default: the blobs nothing consumes). `opset`:
     ONNX only (default 17). `fold`: torch/safetensors fold BatchNorm+Scale into convolutions.
     `timm_exact`: timm only, see README. `expect_model`: refuse a file that is not this
-    published model (name or alias), naming the first layer that differs."""
+    published model (name or alias), naming the first layer that differs. `input_shape`,
+    `rpn`: as for `load_caffe`."""
     if to not in TARGETS:
         raise UsageError(f"unknown output format '{to}'", hint="one of " + ", ".join(TARGETS))
     _check_options(to, opset, outputs, fold, timm_exact)
+    rpn = rpn_settings(rpn)  # a usage error before anything is read
     progress = progress or Progress(quiet=True)
     source_sha256 = BackgroundSha256(model) if to == "onnx" else None  # before the slow part
     from senet.manifest import check_architecture, lookup, recognise
     expected = lookup(expect_model) if expect_model else None
     progress.step(f"reading {model}" + (f" with {prototxt}" if prototxt else ""))
     net = load_net(str(model), _str(prototxt), _shape(input_shape), allow_unknown_fields,
-                   warn=warn)
+                   warn=warn, rpn=rpn)
     if expected is not None:
         check_architecture(net, expected)
     fixed_by = net.batch_fixed_by() if to in ("onnx", "torch") else None
@@ -124,7 +134,7 @@ def convert(model: PathLike, to: str = "onnx", output: PathLike | None = None, *
 
 def to_torch(net_or_path: CaffeNet | PathLike, *, prototxt: PathLike | None = None,
              outputs: Sequence[str] | None = None, fold: bool = True, fuse: bool = True,
-             dtype=None, input_shape: InputShape | None = None):
+             dtype=None, input_shape: InputShape | None = None, rpn: RpnOptions = None):
     """A net (or the .caffemodel at a path) as a torch.fx GraphModule in eval mode: one
     tensor out for one output, else a tuple in the order of `outputs` (default: the blobs
     nothing consumes). `fold` folds BatchNorm+Scale into convolutions, `fuse` fuses
@@ -133,7 +143,7 @@ def to_torch(net_or_path: CaffeNet | PathLike, *, prototxt: PathLike | None = No
     import torch
     from senet.converter.to_torch import to_torch as build
     net = net_or_path if isinstance(net_or_path, CaffeNet) else load_caffe(
-        net_or_path, prototxt, input_shape=input_shape)
+        net_or_path, prototxt, input_shape=input_shape, rpn=rpn)
     return build(net, list(outputs) if outputs else None, fold=fold, fuse=fuse,
                  dtype=dtype or torch.float32)
 

@@ -130,6 +130,10 @@ def _warn(message: str) -> None:
               help="Shape of the input (default: the net's; 1,3,224,224 where nothing declares "
               "it). NAME=N,C,H,W sets the input NAME; repeat it (or join with ';') for nets "
               "with several inputs.")
+@click.option("--rpn", default=None, metavar="NAME=VALUE,...",
+              help="Test-time settings of py-faster-rcnn proposal layers (its cfg.TEST): "
+              "pre_nms_top_n=6000,post_nms_top_n=300,nms_thresh=0.7,min_size=16 are the "
+              "defaults; give those your model was evaluated with.")
 @click.option("--allow-unknown-fields", is_flag=True,
               help="Skip prototxt fields senet's schema lacks (with a warning).")
 @click.option("--no-fold", is_flag=True,
@@ -144,20 +148,21 @@ def _warn(message: str) -> None:
 @click.option("--inspect", is_flag=True, help="Print layers, blob shapes and parameter count.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def convert_main(model, prototxt, target, output, opset, outputs, input_shape,
+def convert_main(model, prototxt, target, output, opset, outputs, input_shape, rpn,
                  allow_unknown_fields, no_fold, timm_exact, model_name, inspect, quiet, debug):
     """Convert a Caffe MODEL (.caffemodel) exactly, without Caffe."""
     import senet
     from senet.progress import Progress
     shape = _parse_shape(input_shape)
     if inspect:
-        click.echo(senet.inspect(model, prototxt, input_shape=shape,
+        click.echo(senet.inspect(model, prototxt, input_shape=shape, rpn=rpn,
                                  allow_unknown_fields=allow_unknown_fields, warn=_warn))
         return
     if target is None:
         raise UsageError("say what to do: --to onnx|torch|safetensors|timm, or --inspect")
     senet.convert(model, target, output, prototxt=prototxt, outputs=_names(outputs),
-                  opset=opset, fold=not no_fold, input_shape=shape, timm_exact=timm_exact,
+                  opset=opset, fold=not no_fold, input_shape=shape, rpn=rpn,
+                  timm_exact=timm_exact,
                   expect_model=model_name, allow_unknown_fields=allow_unknown_fields,
                   progress=Progress(quiet=quiet), warn=_warn)
 

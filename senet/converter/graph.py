@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from senet.converter import caffe_pb2 as pb
+from senet.converter.rpn import RpnSettings
 from senet.errors import GraphError
 
 Shape = tuple[int, ...]
@@ -45,6 +46,8 @@ class CaffeNet:
     final_names: dict[str, str] = field(default_factory=dict)
     # The weights file when blobs are views of it (lets writers copy file to file).
     weight_file: object | None = None
+    # Run-time settings of py-faster-rcnn's proposal layers (its cfg.TEST, not in the files).
+    rpn: RpnSettings = field(default_factory=RpnSettings)
 
     def producers(self) -> dict[str, Layer]:
         return {top: layer for layer in self.layers for top in layer.tops}
@@ -103,7 +106,7 @@ class CaffeNet:
         """Why the net takes only its inputs' batch size, or None when any batch works: the
         inputs share axis 0 and every layer keeps it the batch (LayerConverter.keeps_batch);
         emitters then make the batch dynamic, else every shape is static."""
-        from senet.converter.layers import converter_for  # the registry imports this module
+        from senet.converter.layers import converter_of  # the registry imports this module
         if not self.inputs:
             return None
         shapes = list(self.inputs.values())
@@ -113,7 +116,7 @@ class CaffeNet:
             return "the inputs have different batch sizes"
         batch = shapes[0][0]
         for layer in self.layers:
-            if not converter_for(layer.type).keeps_batch(
+            if not converter_of(layer.param).keeps_batch(
                     layer, [self.shapes[b] for b in layer.bottoms],
                     [self.shapes[t] for t in layer.tops], batch):
                 return f"layer '{layer.name}' ({layer.type}) spans the batch axis"
@@ -123,10 +126,10 @@ class CaffeNet:
         """SSA names of the tops of data-dependent layers (LayerConverter.data_dependent) and
         of every value computed from them: their static shapes are Caffe's setup shapes, their
         sizes at run time depend on the values (emitters declare them without fixed sizes)."""
-        from senet.converter.layers import converter_for  # the registry imports this module
+        from senet.converter.layers import converter_of  # the registry imports this module
         tainted: set[str] = set()
         for layer in self.layers:
-            if converter_for(layer.type).data_dependent or tainted.intersection(layer.bottoms):
+            if converter_of(layer.param).data_dependent or tainted.intersection(layer.bottoms):
                 tainted.update(layer.tops)
         return tainted
 

@@ -12,28 +12,31 @@ import numpy as np
 
 from senet.converter.caffe_reader import CaffeFile, read_caffemodel
 from senet.converter.graph import CaffeNet, assign_ssa_names
-from senet.converter.layers import converter_for
+from senet.converter.layers import converter_of, python_layer_key
 from senet.converter.passes import DEFAULT_INPUT_SHAPE, Shapes, deploy_layers, remove_splits
 from senet.converter.prototxt import read_prototxt
+from senet.converter.rpn import rpn_settings
 from senet.errors import ShapeError, UnsupportedLayerError, UsageError
 
 
 def load_net(caffemodel: str | None = None, prototxt: str | None = None,
              input_shape: Shapes = None, allow_unknown_fields: bool = False,
-             warn=None, weights_optional: bool = False) -> CaffeNet:
+             warn=None, weights_optional: bool = False, rpn=None) -> CaffeNet:
     """Read, assemble, check and shape a net; every problem is a SenetError.
 
     `input_shape` is the shape of the net's only input, or a dict of shapes by input name;
     it replaces what the file declares. With ``weights_optional`` a layer without stored
     blobs gets read-only zero blobs of the right shapes (no memory is allocated for them):
     for inspecting a bare prototxt. `warn(message)` hears of inputs given the default shape.
+    `rpn`: the run-time settings of py-faster-rcnn proposal layers (rpn.rpn_settings: a
+    dict, a "name=value,..." text or None for py-faster-rcnn's cfg.TEST defaults).
     """
     if caffemodel is None and prototxt is None:
         raise UsageError("nothing to read: give a .caffemodel and/or a .prototxt")
     weights = read_caffemodel(caffemodel) if caffemodel else None
     structure = (read_prototxt(prototxt, allow_unknown_fields, warn) if prototxt
                  else weights)
-    net = assemble(structure, weights, input_shape, weights_optional, warn)
+    net = assemble(structure, weights, input_shape, weights_optional, warn, rpn)
     if structure is weights and warn:
         _warn_unknown_fields(weights, {layer.name for layer in net.layers}, warn)
     return net
@@ -54,7 +57,8 @@ def _warn_unknown_fields(weights: CaffeFile, used: set[str], warn, shown: int = 
 
 
 def assemble(structure: CaffeFile, weights: CaffeFile | None, input_shape: Shapes,
-             weights_optional: bool = False, warn=None) -> CaffeNet:
+             weights_optional: bool = False, warn=None, rpn=None) -> CaffeNet:
+    settings = rpn_settings(rpn)
     inputs, layers, defaulted = deploy_layers(structure, input_shape)
     _check_supported(layers)
     if defaulted and warn:
@@ -69,7 +73,7 @@ def assemble(structure: CaffeFile, weights: CaffeFile | None, input_shape: Shape
         list(inputs), [(raw.param, source.blobs) for raw, source in zip(layers, sources)])
     net = CaffeNet(name=structure.net.name, inputs=dict(zip(ssa_inputs, inputs.values())),
                    layers=ir_layers, final_names=final,
-                   weight_file=weights.mapped if weights is not None else None)
+                   weight_file=weights.mapped if weights is not None else None, rpn=settings)
     net.shapes.update(net.inputs)
     try:
         _infer_shapes_and_check_blobs(net, [source.legacy for source in sources],
@@ -89,7 +93,7 @@ def assemble(structure: CaffeFile, weights: CaffeFile | None, input_shape: Shape
 
 def _check_supported(layers) -> None:
     """Every layer without a converter, named at once (a Python layer by module.layer)."""
-    missing = [raw.param for raw in layers if converter_for(raw.param.type) is None]
+    missing = [raw.param for raw in layers if converter_of(raw.param) is None]
     if missing:
         types = list(dict.fromkeys(p.type for p in missing))
         raise UnsupportedLayerError(
@@ -102,9 +106,7 @@ def _check_supported(layers) -> None:
 
 
 def _described_type(p) -> str:
-    if p.type == "Python":
-        return f"Python {p.python_param.module}.{p.python_param.layer}"
-    return p.type
+    return python_layer_key(p) if p.type == "Python" else p.type
 
 
 def _infer_shapes_and_check_blobs(net: CaffeNet, legacy: list[list[bool]],
@@ -113,7 +115,7 @@ def _infer_shapes_and_check_blobs(net: CaffeNet, legacy: list[list[bool]],
     """Shape every blob and replace each layer's stored blobs by float32 arrays of the
     shapes the net needs; `legacy[i][k]` says blob k of layer i was stored 4-D legacy."""
     for layer, stored_legacy in zip(net.layers, legacy):
-        conv = converter_for(layer.type)
+        conv = converter_of(layer.param)
         conv.check_arity(layer)
         in_shapes = [net.shapes[b] for b in layer.bottoms]
         expected = conv.blob_shapes(layer, in_shapes)

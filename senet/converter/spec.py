@@ -2,18 +2,22 @@
 
 A spec holds the net's inputs with shapes, every layer (type, name, SSA bottoms and tops, its
 Caffe parameters as protobuf JSON, the shapes of its blobs, ``fused_relu``), every blob's shape,
-the Caffe name → final SSA name map and the requested outputs. The weights travel separately;
+the Caffe name → final SSA name map, the requested outputs and the proposal layers' run-time
+settings (CaffeNet.rpn; absent in older specs: the defaults). The weights travel separately;
 `net_from_spec` gives layers zero-stride placeholder blobs of the recorded shapes.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from google.protobuf import json_format
 
 from senet.converter import caffe_pb2 as pb
 from senet.converter.graph import CaffeNet, Layer
-from senet.errors import ModelFileError
+from senet.converter.rpn import rpn_settings
+from senet.errors import ModelFileError, UsageError
 
 FORMAT = "senet.graph"
 VERSION = 1
@@ -45,6 +49,7 @@ def net_to_spec(net: CaffeNet, outputs: list[str] | None = None) -> dict:
         "shapes": {blob: list(shape) for blob, shape in net.shapes.items()},
         "final_names": dict(net.final_names),
         "outputs": list(outputs) if outputs else None,
+        "rpn": dataclasses.asdict(net.rpn),
     }
 
 
@@ -63,9 +68,10 @@ def net_from_spec(spec: dict, where: str = "<spec>") -> tuple[CaffeNet, list[str
                        inputs={name: tuple(shape) for name, shape in spec["inputs"]},
                        layers=layers,
                        shapes={blob: tuple(shape) for blob, shape in spec["shapes"].items()},
-                       final_names=dict(spec["final_names"]))
+                       final_names=dict(spec["final_names"]),
+                       rpn=rpn_settings(spec.get("rpn")))
         outputs = spec["outputs"]
-    except (KeyError, TypeError, ValueError, json_format.ParseError) as error:
+    except (KeyError, TypeError, ValueError, json_format.ParseError, UsageError) as error:
         raise ModelFileError(f"malformed graph spec: {error}", where=where) from None
     return net, outputs
 

@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from senet.converter.graph import CaffeNet
-from senet.converter.layers import converter_for
+from senet.converter.layers import converter_of
 from senet.converter.protowire import len_field
 from senet.errors import GraphError, UsageError
 from senet.files import atomic_output
@@ -83,7 +83,7 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
     g = OnnxGraph(net, opset)
     for layer in net.layers:
         g._layer = layer.name
-        converter_for(layer.type).to_onnx(layer, g)
+        converter_of(layer.param).to_onnx(layer, g)
     dynamic = net.batch_fixed_by() is None
     data_dependent = net.data_dependent_values()
 

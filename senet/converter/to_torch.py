@@ -23,7 +23,7 @@ from torch import fx, nn
 import senet.kernels  # noqa: F401  (registers torch.ops.senet.*)
 from senet.converter import passes
 from senet.converter.graph import CaffeNet
-from senet.converter.layers import LayerConverter, converter_for
+from senet.converter.layers import LayerConverter, converter_of
 from senet.converter.semantics import prototxt_float
 from senet.errors import ShapeError, UnsupportedLayerError
 
@@ -174,7 +174,7 @@ def owned_tensor(values, dtype: torch.dtype) -> torch.Tensor:
 
 def missing_torch_emitters(net: CaffeNet) -> list[str]:
     return [f"{layer.name} ({layer.type})" for layer in net.layers
-            if type(converter_for(layer.type)).to_torch is LayerConverter.to_torch]
+            if type(converter_of(layer.param)).to_torch is LayerConverter.to_torch]
 
 
 def build_module(net: CaffeNet, outputs: list[str] | None = None,
@@ -197,7 +197,7 @@ def build_module(net: CaffeNet, outputs: list[str] | None = None,
         ctx.define(name, ctx.graph.create_node("placeholder", ident, name=ident))
     for layer in net.layers:
         ctx._layer = layer
-        converter_for(layer.type).to_torch(layer, ctx)
+        converter_of(layer.param).to_torch(layer, ctx)
     results = [ctx.value(ssa) for _, ssa in pairs]
     ctx.graph.output(results[0] if len(results) == 1 else tuple(results))
     ctx.graph.lint()

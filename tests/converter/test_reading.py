@@ -267,13 +267,14 @@ def test_input_shape_by_name_through_the_api(tmp_path):
 def test_every_unsupported_layer_is_listed_at_once(tmp_path):
     text = NET + ('layer { name: "odd" type: "Oddity" bottom: "conv" top: "odd" }\n'
                   'layer { name: "prop" type: "Python" bottom: "conv" top: "rois" '
-                  'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" } }\n'
+                  'python_param { module: "rpn.anchor_target_layer" '
+                  'layer: "AnchorTargetLayer" } }\n'
                   'layer { name: "odd2" type: "Oddity" bottom: "odd" top: "odd2" }\n')
     path = tmp_path / "net.prototxt"
     path.write_text(text)
     message = assert_cli_error(run_cli(path, "--inspect"), 1, "unsupported Caffe layers")
-    assert ("odd (Oddity), prop (Python rpn.proposal_layer.ProposalLayer), odd2 (Oddity)"
-            in message)
+    assert ("odd (Oddity), prop (Python rpn.anchor_target_layer.AnchorTargetLayer), "
+            "odd2 (Oddity)" in message)
     assert '@senet.converter.register("Oddity")' in message and "python_param" in message
 
 

@@ -144,15 +144,6 @@ GAPS: dict[str, str] = {
         "unsupported Caffe layers: inception_a3_concat_mbox_priorbox (PriorBox), "
         "conv3_2_mbox_priorbox (PriorBox), conv4_2_mbox_priorbox (PriorBox), detection_out "
         "(DetectionOutput)",
-    "faster_rcnn_inception_v4_fpn_soeaver":
-        "unsupported Caffe layers: proposal_p5 (Python rpn.proposal_layer.ProposalLayer), "
-        "proposal_p4 (Python rpn.proposal_layer.ProposalLayer), proposal_p3 (Python "
-        "rpn.proposal_layer.ProposalLayer), proposal_p2 (Python "
-        "rpn.proposal_layer.ProposalLayer)",
-    "faster_rcnn_vgg16_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
-    "faster_rcnn_zf_voc":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "mobilenet_ssd":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
@@ -168,8 +159,6 @@ GAPS: dict[str, str] = {
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
         "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
-    "pvanet_frcnn":
-        "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer)",
     "ssd300_vgg16_voc0712":
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
@@ -191,6 +180,8 @@ RESIZED: dict[str, list[tuple[str, str]]] = {
                 ("dim: 128\n        dim: 128\n        dim: 64",
                  "dim: 16\n        dim: 16\n        dim: 16")],
 }
+# py-faster-rcnn's image size and scale input (its proposal layers take one image).
+IMAGE_INFO = "im_info"
 # Inputs that are no images: word indices (Embed) and sequence-continuation markers.
 SEQUENCE_INPUTS = {
     "lstm_lm_coco": {"input_sentence": 8801, "cont_sentence": 2},
@@ -224,12 +215,18 @@ def make_rois(shape: tuple[int, ...], image: tuple[int, ...], seed: int) -> np.n
 
 def make_inputs(net: str, shapes: dict[str, tuple[int, ...]], seed: int):
     """Image-like inputs, except integer indices below n for SEQUENCE_INPUTS (markers 0/1,
-    the first step 0 as Caffe's sequence start) and rois on their image for ROI_INPUTS."""
+    the first step 0 as Caffe's sequence start), rois on their image for ROI_INPUTS and
+    py-faster-rcnn's im_info: the image's height, width and a scale of 1.5 (PVANet's wider
+    rows repeat the scale)."""
     out = {}
     for k, (name, shape) in enumerate(shapes.items()):
         image = ROI_INPUTS.get(net, {}).get(name)
         if image is not None:
             out[name] = make_rois(shape, shapes[image], seed + k)
+            continue
+        if name == IMAGE_INFO:
+            info = [*shapes["data"][2:], *[1.5] * (shape[-1] - 2)]
+            out[name] = np.asarray([info], np.float32)
             continue
         limit = SEQUENCE_INPUTS.get(net, {}).get(name)
         if limit is None:
@@ -318,8 +315,9 @@ def check_exact(tmp_path, net: str) -> dict[str, float]:
     seed = sum(map(ord, net))
     x = make_inputs(net, shapes, seed)
     # calibrated on images of the net's batch, except where the batch is fixed or the
-    # inputs are no images: there on the inputs themselves
-    special = net in RESIZED or net in SEQUENCE_INPUTS or net in ROI_INPUTS
+    # inputs are no images (or rois, or an image's size): there on the inputs themselves
+    special = (net in RESIZED or net in SEQUENCE_INPUTS or net in ROI_INPUTS
+               or IMAGE_INFO in shapes)
     weights = make_weights(deploy, shapes, seed, inputs=x if special else None)
     ref64 = forward(deploy, weights, x)
     ref32 = {}  # the float32 run measures rounding drift; made only when an error needs it
@@ -362,11 +360,26 @@ def _run_torch(net, outputs, x) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in zip(outputs, values)}
 
 
-def _params():
+# Nets that convert, but whose seeded weights make the exactness test prove nothing: a strict
+# xfail on the test's own assertion (only for test_converts_exactly).
+UNTESTABLE_SEEDED: dict[str, str] = {
+    "faster_rcnn_inception_v4_fpn_soeaver":
+        "seeded RPN heads of its four FPN levels saturate: every proposal score is 1.0, so the "
+        "constant-output check refuses the comparison (the RPN with tamed heads is tested in "
+        "test_proposal.py on ZF and VGG16)",
+}
+
+
+def _params(exactness: bool = False):
     """One param per net; a GAPS one is a strict xfail failing with senet's error."""
-    return [pytest.param(net, id=net, marks=pytest.mark.xfail(
-                reason=GAPS[net], strict=True, raises=SenetError) if net in GAPS else ())
-            for net in NETS]
+    def marks(net):
+        if net in GAPS:
+            return pytest.mark.xfail(reason=GAPS[net], strict=True, raises=SenetError)
+        if exactness and net in UNTESTABLE_SEEDED:
+            return pytest.mark.xfail(reason=UNTESTABLE_SEEDED[net], strict=True,
+                                     raises=AssertionError)
+        return ()
+    return [pytest.param(net, id=net, marks=marks(net)) for net in NETS]
 
 
 @pytest.mark.parametrize("net", _params())
@@ -374,7 +387,7 @@ def test_inspect(net):
     check_inspect(net)
 
 
-@pytest.mark.parametrize("net", _params())
+@pytest.mark.parametrize("net", _params(exactness=True))
 def test_converts_exactly(tmp_path, net):
     check_exact(tmp_path, net)
 

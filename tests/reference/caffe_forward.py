@@ -643,7 +643,8 @@ _PARAM_SHAPES: dict[str, Callable] = {}
 
 def register_layer(kind: str, fn: Callable, shapes: Callable | None = None) -> None:
     """Add a layer type: ``fn(layer, bottoms, params) -> tops`` and, for a layer with learned
-    blobs, ``shapes(layer, bottoms) -> [blob shape, ...]`` in Caffe's order."""
+    blobs, ``shapes(layer, bottoms) -> [blob shape, ...]`` in Caffe's order. A Python layer's
+    kind is "Python module.layer"."""
     if kind in _LAYERS:
         raise ValueError(f"reference layer {kind!r} registered twice")
     _LAYERS[kind] = fn
@@ -668,6 +669,9 @@ def _run_layer(layer: Message, blobs: dict[str, np.ndarray], inputs, blob_source
     if kind in DATA_LAYER_TYPES:
         raise ValueError(f"layer {name!r}: data layer {kind!r} in a net meant for deploy; "
                          "pass a deploy prototxt with Input layers or net inputs")
+    if kind == "Python":  # a Python layer is known by its module and class
+        p = _param(layer, "python_param")
+        kind = f"Python {get(p, 'module', '')}.{get(p, 'layer', '')}"
     fn = _LAYERS.get(kind)
     if fn is None:
         raise NotImplementedError(f"layer {name!r}: unsupported type {kind!r}")
@@ -737,6 +741,7 @@ from . import forward_roi  # noqa: E402,F401
 from . import forward_spatial  # noqa: E402,F401
 
 from . import forward_spp  # noqa: E402,F401
+from . import forward_proposal  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}

@@ -103,12 +103,26 @@ def layer_table() -> str:
 
 
 def converter_for(caffe_type: str) -> LayerConverter | None:
+    """The converter registered under a key: a Caffe type, or "Python module.layer"."""
     return _REGISTRY.get(caffe_type)
+
+
+def python_layer_key(param) -> str:
+    """How a Python layer is named and registered: "Python module.layer"."""
+    return f"Python {param.python_param.module}.{param.python_param.layer}"
+
+
+def converter_of(param) -> LayerConverter | None:
+    """The converter of a layer (its LayerParameter): for a Python layer the one registered
+    for its module.layer, else one registered for all Python layers; else by type."""
+    if param.type == "Python" and python_layer_key(param) in _REGISTRY:
+        return _REGISTRY[python_layer_key(param)]
+    return _REGISTRY.get(param.type)
 
 
 # Importing the families registers them.
 from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
-    depthwise, fork_activation, fork_norm, resize, roi, shuffle,
+    depthwise, fork_activation, fork_norm, proposal, resize, roi, shuffle,
 )
