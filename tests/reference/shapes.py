@@ -190,4 +190,6 @@ _SIZE_RULES = {
     "Convolution": lambda layer, shapes: _conv_sizes(layer, shapes, False),
     "Deconvolution": lambda layer, shapes: _conv_sizes(layer, shapes, True),
     "InnerProduct": _inner_product_size,
+    # Caffe's setup shape; run on zeros it would give the forward's no-detection rows instead
+    "DetectionOutput": lambda layer, shapes: [(1, 1, 1, 7)],
 }

@@ -110,5 +110,5 @@ def converter_for(caffe_type: str) -> LayerConverter | None:
 from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
-    depthwise, fork_activation, fork_norm, resize, shuffle,
+    depthwise, detection, fork_activation, fork_norm, resize, shuffle,
 )
