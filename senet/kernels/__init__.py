@@ -1,16 +1,19 @@
 """Custom operators: ``senet::axpy`` and ``senet::global_avg_pool`` for the SE-block element-wise
-work, ``senet::nms`` for the detectors' non-maximum suppression (``senet.kernels.nms``).
+work, ``senet::nms`` for the detectors' non-maximum suppression (``senet.kernels.nms``) and
+``senet::detection_output`` for SSD's DetectionOutput (``senet.kernels.detection``).
 
 Importing this package registers the ops with ``torch.library``: axpy and global_avg_pool eager on
 every device, Triton kernels on CUDA, fake impls for torch.compile / torch.export, autograd (Triton
 itself is imported only at the first call on a CUDA tensor; ONNX lowering:
-``senet.kernels.onnx_lowering``); nms eager with a fake impl of data-dependent size.
+``senet.kernels.onnx_lowering``); nms and detection_output eager with fake impls of
+data-dependent size.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from senet.kernels import detection as _detection  # noqa: F401  (senet::detection_output)
 from senet.kernels import nms as _nms  # noqa: F401  (registers senet::nms)
 from senet.kernels import ops as _ops
 from senet.kernels.layout import memory_format_of

@@ -733,6 +733,7 @@ def forward(net: Message, weights: dict[str, list[np.ndarray]],
 # types with `register_layer` when imported here, one import line per family)
 # --------------------------------------------------------------------------- #
 from . import forward_activation  # noqa: E402,F401
+from . import forward_detection  # noqa: E402,F401
 from . import forward_fork  # noqa: E402,F401
 from . import forward_index  # noqa: E402,F401
 from . import forward_recurrent  # noqa: E402,F401

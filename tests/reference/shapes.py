@@ -204,4 +204,6 @@ _SIZE_RULES = {
     # hundreds of proposals pooled in Python loops: too slow to run on zeros
     "ROIPooling": _roi_pooling_size,
     "PSROIPooling": _roi_pooling_size,
+    # Caffe's setup shape; run on zeros it would give the forward's no-detection rows instead
+    "DetectionOutput": lambda layer, shapes: [(1, 1, 1, 7)],
 }

@@ -124,5 +124,5 @@ def converter_of(param) -> LayerConverter | None:
 from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
-    depthwise, fork_activation, fork_norm, proposal, resize, roi, shuffle,
+    depthwise, detection, fork_activation, fork_norm, proposal, resize, roi, shuffle,
 )
