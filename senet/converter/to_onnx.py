@@ -84,20 +84,20 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
     for layer in net.layers:
         g._layer = layer.name
         converter_for(layer.type).to_onnx(layer, g)
-    dynamic = net.batch_fixed_by() is None
+    batched = net.batch_blobs() if net.batch_fixed_by() is None else set()
 
-    def value_info(name, shape):
-        # a 0-D blob (Reduction over axis 0) has no batch axis
-        dims = ["batch", *shape[1:]] if dynamic and shape else list(shape)
+    def value_info(name, shape, ssa):
+        # a 0-D blob (Reduction over axis 0) has no batch axis, nor has PriorBox's
+        dims = ["batch", *shape[1:]] if ssa in batched and shape else list(shape)
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
-    graph_inputs = [value_info(name, shape) for name, shape in net.inputs.items()]
+    graph_inputs = [value_info(name, shape, name) for name, shape in net.inputs.items()]
     graph_outputs, renames = [], []
     for public, ssa in net.output_pairs(outputs):
         if ssa != public and not _aliases_input(g, ssa, public, set(net.inputs)):
             renames.append(helper.make_node("Identity", [ssa], [public],
                                             name=f"output:{public}"))
-        graph_outputs.append(value_info(public, net.shapes[ssa]))
+        graph_outputs.append(value_info(public, net.shapes[ssa], ssa))
     graph = helper.make_graph(g.nodes + renames, net.name or "caffe_net", graph_inputs,
                               graph_outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

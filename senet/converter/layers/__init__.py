@@ -27,6 +27,9 @@ class LayerConverter:
     max_bottoms: int | None = 1
     min_tops = 1
     max_tops: int | None = 1
+    # True for a layer whose tops are the same for every image of the batch (PriorBox's
+    # boxes depend on shapes only): their axis 0 is no batch axis (CaffeNet.batch_blobs).
+    batch_independent = False
 
     def blob_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         """Shapes of the learned blobs the layer needs, in Caffe's order."""
@@ -107,4 +110,5 @@ from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
     depthwise, fork_activation, fork_norm, resize, shuffle,
+    anchors, ssd_norm,
 )
