@@ -133,6 +133,19 @@ class CaffeNet:
                 tainted.update(layer.tops)
         return tainted
 
+    def batch_blobs(self) -> set[str]:
+        """SSA names of the blobs whose axis 0 is the batch: the inputs and the tops of
+        every layer reading one, except tops that are the same for every image
+        (LayerConverter.batch_independent), which keep a fixed axis 0 in a net with a
+        dynamic batch."""
+        from senet.converter.layers import converter_of  # the registry imports this module
+        carried = set(self.inputs)
+        for layer in self.layers:
+            if (not converter_of(layer.param).batch_independent
+                    and any(b in carried for b in layer.bottoms)):
+                carried.update(layer.tops)
+        return carried
+
     def parameter_count(self) -> int:
         return int(sum(b.size for layer in self.layers for b in layer.blobs))
 

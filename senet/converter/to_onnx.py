@@ -84,19 +84,19 @@ def build_graph(net: CaffeNet, outputs: list[str] | None = None,
     for layer in net.layers:
         g._layer = layer.name
         converter_of(layer.param).to_onnx(layer, g)
-    dynamic = net.batch_fixed_by() is None
+    batched = net.batch_blobs() if net.batch_fixed_by() is None else set()
     data_dependent = net.data_dependent_values()
 
-    def value_info(name, shape, ssa=None):
+    def value_info(name, shape, ssa):
         if ssa in data_dependent:  # sizes known at run time only: every axis named
             dims = [f"{name}_{axis}" for axis in range(len(shape))]
-        elif dynamic and shape:  # a 0-D blob (Reduction over axis 0) has no batch axis
-            dims = ["batch", *shape[1:]]
+        elif ssa in batched and shape:  # a 0-D blob (Reduction over axis 0) has no batch
+            dims = ["batch", *shape[1:]]  # axis, nor has PriorBox's
         else:
             dims = list(shape)
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
-    graph_inputs = [value_info(name, shape) for name, shape in net.inputs.items()]
+    graph_inputs = [value_info(name, shape, name) for name, shape in net.inputs.items()]
     graph_outputs, renames = [], []
     for public, ssa in net.output_pairs(outputs):
         if ssa != public and not _aliases_input(g, ssa, public, set(net.inputs)):

@@ -141,26 +141,8 @@ GAPS: dict[str, str] = {
         "spatial_dropout.SpatialDropoutLayer), drop1_3_3 (Python "
         "spatial_dropout.SpatialDropoutLayer), ...",
     "faceboxes":
-        "unsupported Caffe layers: inception_a3_concat_mbox_priorbox (PriorBox), "
-        "conv3_2_mbox_priorbox (PriorBox), conv4_2_mbox_priorbox (PriorBox)",
-    "mobilenet_ssd":
-        "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
-        "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
-        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox)",
-    "mobilenet_ssd_voc_merged":
-        "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
-        "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
-        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox)",
-    "opencv_face_res10_ssd":
-        "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
-        "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
-        "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
-        "conv9_2_mbox_priorbox (PriorBox)",
-    "ssd300_vgg16_voc0712":
-        "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
-        "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
-        "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
-        "conv9_2_mbox_priorbox (PriorBox)",
+        "layer 'detection_out': the location blob must be N×4000 (1000 priors × 4), got "
+        "[1, 25600] (FaceBoxes' own PriorBox densifies its small anchors: not SSD's rule)",
     "yolov3_tiny":
         "layer 'layer21-route': bottom[1] [1, 256, 26, 26] does not fit bottom[0] [1, 128, 24, "
         "24] outside axis 1",

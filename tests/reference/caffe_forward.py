@@ -743,6 +743,7 @@ from . import forward_spatial  # noqa: E402,F401
 
 from . import forward_spp  # noqa: E402,F401
 from . import forward_proposal  # noqa: E402,F401
+from . import forward_ssd  # noqa: E402,F401
 
 # Every layer type ``forward`` can run (V2 spelling; V1 enum names map onto these).
 SUPPORTED_TYPES = frozenset(_LAYERS) | {"Input"}

@@ -156,11 +156,18 @@ def _fork_bn(layer, bottoms, shapes, rng):
             mean.astype(np.float32), var.astype(np.float32)]
 
 
+def _normalize(layer, bottoms, shapes, rng):
+    """SSD Normalize's scale U(10, 30), about the 20 SSD initialises conv4_3_norm with (an
+    L2-normalised position has values near 1/sqrt(C))."""
+    return [_f32(rng.uniform(10.0, 30.0, shapes[0]))]
+
+
 _GENERATORS = {
     "Convolution": _conv, "InnerProduct": _inner_product, "BatchNorm": _batch_norm,
     "Scale": _scale, "Bias": _bias, "PReLU": _prelu,
     "Deconvolution": _conv, "Embed": _dense, "LSTM": _dense, "RNN": _dense,
     "ConvolutionDepthwise": _conv, "DepthwiseConvolution": _conv, "BN": _fork_bn,
+    "Normalize": _normalize,
 }
 
 

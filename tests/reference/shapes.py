@@ -3,9 +3,9 @@
 `deploy_net` turns a train_val / test net (data layers, losses, accuracy) into the net Caffe
 runs for inference: the TEST-phase layers of the file's NetState, each data layer's data tops
 as inputs, training-only layers and whatever reads labels dropped. `blob_shapes` then gives
-every blob's shape: convolution, deconvolution and inner product by Caffe's size rules,
-every other layer by running its reference forward on zeros (cheap for those), so a net can
-be shaped at its full declared size. `parameter_count` counts the learned values.
+every blob's shape: convolution, deconvolution, inner product and SSD's PriorBox by their
+size rules, every other layer by running its reference forward on zeros (cheap for those),
+so a net can be shaped at its full declared size. `parameter_count` counts the learned values.
 
 Nothing here imports ``senet``.
 """
@@ -20,6 +20,7 @@ import numpy as np
 from .caffe_forward import (V1_TYPE_NAMES, _run_layer, is_active, layer_type, net_layers,
                             param_shapes)
 from .forward_spatial import _geometry, conv_output_size
+from .forward_ssd import prior_box_count
 from .prototxt_text import get, get_all
 
 __all__ = ["deploy_net", "blob_shapes", "parameter_count", "DATA_TYPES"]
@@ -197,7 +198,14 @@ def _roi_pooling_size(layer: Message, in_shapes):
     return [(rois, int(get(p, "output_dim", 0)), group, group)]
 
 
+def _prior_box_size(layer: Message, in_shapes):
+    """PriorBox: 1 × 2 × (H·W·priors·4) of the feature map (bottom 0)."""
+    h, w = in_shapes[0][2:]
+    return [(1, 2, h * w * prior_box_count(_sub(layer, "prior_box_param")) * 4)]
+
+
 _SIZE_RULES = {
+    "PriorBox": _prior_box_size,
     "Convolution": lambda layer, shapes: _conv_sizes(layer, shapes, False),
     "Deconvolution": lambda layer, shapes: _conv_sizes(layer, shapes, True),
     "InnerProduct": _inner_product_size,

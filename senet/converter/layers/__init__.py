@@ -31,6 +31,9 @@ class LayerConverter:
     # infer_shapes then gives Caffe's setup shapes, and every value computed from those tops
     # has sizes known only at run time (CaffeNet.data_dependent_values).
     data_dependent = False
+    # True for a layer whose tops are the same for every image of the batch (PriorBox's
+    # boxes depend on shapes only): their axis 0 is no batch axis (CaffeNet.batch_blobs).
+    batch_independent = False
 
     def blob_shapes(self, layer: Layer, in_shapes: list[Shape]) -> list[Shape]:
         """Shapes of the learned blobs the layer needs, in Caffe's order."""
@@ -125,4 +128,5 @@ from senet.converter.layers import (  # noqa: E402,F401
     activation, axpy, conv, crop, dense, eltwise, index, norm, pool, recurrent, reduce,
     structure,
     depthwise, detection, fork_activation, fork_norm, proposal, resize, roi, shuffle,
+    anchors, ssd_norm,
 )
