@@ -234,7 +234,7 @@ SSD_NETS = ["faceboxes", "mobilenet_ssd", "mobilenet_ssd_voc_merged", "opencv_fa
 # FaceBoxes was trained with sfzhang15/FaceBoxes' own PriorBox (dense anchors for min_size
 # 32 and 64, (size - 1) / 2 half-sides, 21 priors for three min_sizes), which the prototxt
 # cannot tell from SSD's: its mbox_priorbox is not compared, only its conv heads.
-HEADS = {"faceboxes": ["mbox_loc", "mbox_conf_flatten"]}
+HEADS = {"faceboxes": ["mbox_loc", "mbox_conf", "mbox_conf_flatten"]}
 
 
 def without_detection_output(text: str) -> str:
@@ -253,7 +253,8 @@ def without_detection_output(text: str) -> str:
 @pytest.mark.parametrize("net", SSD_NETS)
 def test_zoo_raw_heads(tmp_path, net):
     """Seeded weights; the blobs DetectionOutput reads match the reference in both
-    emitters within 1e-4 relative; the reference's shape rules agree with senet's."""
+    emitters within 1e-4 relative (or 2.5x the reference's float32 drift, test_zoo's bound);
+    the reference's shape rules and parameter count agree with senet's."""
     from tests.reference.caffe_forward import forward
     from tests.reference.prototxt_text import parse_prototxt
     from tests.reference.random_weights import make_input, make_weights
@@ -273,11 +274,23 @@ def test_zoo_raw_heads(tmp_path, net):
     weights = make_weights(deploy, shapes, seed)
     x = {name: make_input(shape, seed) for name, shape in shapes.items()}
     ref = forward(deploy, weights, x)
-    outputs = HEADS.get(net, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"])
+    # mbox_conf: the logits (Concat) whose softmax is mbox_conf_flatten
+    outputs = HEADS.get(net, ["mbox_loc", "mbox_conf", "mbox_conf_flatten", "mbox_priorbox"])
     onnx_out, torch_out = run_both(tmp_path, text, weights, x, outputs)
+    ref32 = {}  # as in test_zoo: the bound widens to 2.5x the reference's own float32 drift
     for name in outputs:
         assert np.ptp(ref[name]) > 0, name
         for emitter, ours in (("onnx", onnx_out[name]), ("torch", torch_out[name])):
             assert ours.shape == ref[name].shape, (emitter, name)
             err = rel_error(ours, ref[name])
-            assert err <= 1e-4, f"{emitter} {name}: {err:.3g}"
+            if err > 1e-4 and not ref32:
+                ref32.update(forward(deploy, weights, x, np.float32))
+            bound = max(1e-4, 2.5 * rel_error(ref32[name], ref[name])) if ref32 else 1e-4
+            if name == "mbox_conf_flatten":
+                # a softmax moves each probability by at most half the largest change of
+                # its logits (its Jacobian's rows sum to 2 p (1 - p) <= 1/2 in absolute
+                # value); seeded logits reach ~40, so the logits' own error decides
+                logits = onnx_out if emitter == "onnx" else torch_out
+                shift = float(np.abs(logits["mbox_conf"] - ref["mbox_conf"]).max())
+                bound = max(bound, 0.5 * shift + 1e-6)
+            assert err <= bound, f"{emitter} {name}: {err:.3g} > {bound:.3g}"
