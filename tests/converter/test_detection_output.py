@@ -187,8 +187,8 @@ def direct_inputs(boxes, scores) -> dict:
             "prior": prior}
 
 
-def direct_params(classes, nms_threshold=0.5, **fields) -> str:
-    return params_text(classes, "CORNER", nms=f"nms_threshold: {nms_threshold}",
+def direct_params(classes, nms_threshold=0.5, nms_extra="", **fields) -> str:
+    return params_text(classes, "CORNER", nms=f"nms_threshold: {nms_threshold} {nms_extra}",
                        variance_encoded_in_target=True, **fields)
 
 
@@ -277,6 +277,18 @@ def test_trap_nms_per_class_not_across_classes(tmp_path):
     across = detections(tmp_path, direct_params(2, 0.45, confidence_threshold=0.1),
                         direct_inputs(boxes, [[[0.0, 0.5], [0.0, 0.5]]]))
     assert len(across) == 1
+
+
+def test_trap_nms_top_k_cuts_before_nms(tmp_path):
+    """nms top_k picks the candidates NMS sees (ApplyNMSFast: GetMaxScoreIndex, then NMS), not
+    how many NMS keeps (onnxruntime's max_output_boxes_per_class): with top_k 2 the third box
+    never enters, though the second is suppressed."""
+    boxes = [[[0, 0, 0.4, 0.4], [0, 0, 0.4, 0.42], [0.6, 0.6, 0.9, 0.9]]]
+    inputs = direct_inputs(boxes, [[[0, 0.9], [0, 0.8], [0, 0.7]]])
+    rows = detections(tmp_path, direct_params(2, 0.45, "top_k: 2"), inputs)
+    assert rows[:, 2].tolist() == pytest.approx([0.9])
+    after = detections(tmp_path, direct_params(2, 0.45), inputs)[:2]  # NMS, then the first 2
+    assert len(after) == 2
 
 
 @pytest.mark.parametrize("wrong", ["not_at_all", "twice"])
