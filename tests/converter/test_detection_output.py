@@ -353,8 +353,8 @@ def test_saving_and_drawing_are_ignored_with_a_warning(tmp_path):
 # ----------------------------------------------------------------------------- torch.export
 
 def test_exported_program_runs_any_batch(tmp_path):
-    """senet.convert to .pt2 (torch.export, dynamic batch): the op's rows have a size known
-    at run time; batches 1 and 3 give the reference's rows."""
+    """senet.convert to .pt2 (torch.export, dynamic batch) and to ONNX at opsets 13 and 22:
+    the rows have a size known at run time; batches 1 and 3 give the reference's rows."""
     import torch
     inputs = seeded_inputs(3, 5, 4, empty_images=(1,))
     params = params_text(4, confidence_threshold=0.3, keep_top_k=15,
@@ -368,6 +368,14 @@ def test_exported_program_runs_any_batch(tmp_path):
         with torch.no_grad():
             ours = module(*[torch.from_numpy(v) for v in part.values()]).numpy()
         assert_same(ours, reference(text, {}, part)["det"], f"pt2 batch {batch}")
+    for opset in (13, 22):
+        onnx_path = senet.convert(model, "onnx", tmp_path / f"m{opset}.onnx", prototxt=proto,
+                                  outputs=["det"], opset=opset)
+        onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+        for batch in (1, 3):
+            part = {name: value[:batch] for name, value in inputs.items()}
+            assert_same(run_onnx(onnx_path, part)["det"], reference(text, {}, part)["det"],
+                        f"opset {opset} batch {batch}")
 
 
 # ----------------------------------------------------------------------------- OpenCV

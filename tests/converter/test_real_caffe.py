@@ -50,7 +50,7 @@ MODELS = {
     "hyperlpr/HorizonalFinemapping.caffemodel": (1, 3, 16, 66),
     "hyperlpr/HorizonalFinemapping.nvcaffe_fp16.caffemodel": (1, 3, 16, 66),
     "hyperlpr/Segmentation.caffemodel": (1, 1, 22, 22),
-    "hyperlpr/mininet_ssd_v1.caffemodel": {"PriorBox", "DetectionOutput"},
+    "hyperlpr/mininet_ssd_v1.caffemodel": {"PriorBox"},
     "libfacedetection_yunet_v1/yufacedetectnet-open-v1.caffemodel": {"Normalize", "PriorBox"},
     "lijianfei_cifar10_bn/cifar10_ResNet_20_iter_53500.caffemodel": (1, 3, 32, 32),
     "lijianfei_cifar10_bn/cifar10_SE-ResNet_20_iter_53000.caffemodel": (1, 3, 32, 32),

@@ -141,8 +141,7 @@ GAPS: dict[str, str] = {
         "spatial_dropout.SpatialDropoutLayer), ...",
     "faceboxes":
         "unsupported Caffe layers: inception_a3_concat_mbox_priorbox (PriorBox), "
-        "conv3_2_mbox_priorbox (PriorBox), conv4_2_mbox_priorbox (PriorBox), detection_out "
-        "(DetectionOutput)",
+        "conv3_2_mbox_priorbox (PriorBox), conv4_2_mbox_priorbox (PriorBox)",
     "fast_rcnn_vgg_cnn_m_1024_voc":
         "unsupported Caffe layers: roi_pool5 (ROIPooling)",
     "faster_rcnn_inception_v4_fpn_soeaver":
@@ -159,18 +158,16 @@ GAPS: dict[str, str] = {
     "mobilenet_ssd":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
-        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox), detection_out "
-        "(DetectionOutput)",
+        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox)",
     "mobilenet_ssd_voc_merged":
         "unsupported Caffe layers: conv11_mbox_priorbox (PriorBox), conv13_mbox_priorbox "
         "(PriorBox), conv14_2_mbox_priorbox (PriorBox), conv15_2_mbox_priorbox (PriorBox), "
-        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox), detection_out "
-        "(DetectionOutput)",
+        "conv16_2_mbox_priorbox (PriorBox), conv17_2_mbox_priorbox (PriorBox)",
     "opencv_face_res10_ssd":
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
-        "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
+        "conv9_2_mbox_priorbox (PriorBox)",
     "pvanet_frcnn":
         "unsupported Caffe layers: proposal (Python rpn.proposal_layer.ProposalLayer), "
         "roi_pool_conv5 (ROIPooling)",
@@ -178,7 +175,7 @@ GAPS: dict[str, str] = {
         "unsupported Caffe layers: conv4_3_norm (Normalize), conv4_3_norm_mbox_priorbox "
         "(PriorBox), fc7_mbox_priorbox (PriorBox), conv6_2_mbox_priorbox (PriorBox), "
         "conv7_2_mbox_priorbox (PriorBox), conv8_2_mbox_priorbox (PriorBox), "
-        "conv9_2_mbox_priorbox (PriorBox), detection_out (DetectionOutput)",
+        "conv9_2_mbox_priorbox (PriorBox)",
     "yolov3_tiny":
         "layer 'layer21-route': bottom[1] [1, 256, 26, 26] does not fit bottom[0] [1, 128, 24, "
         "24] outside axis 1",
